@@ -1,0 +1,232 @@
+//! Errors: [`RpcError`] is what a handler or a server reply carries on the wire,
+//! [`Error`] is what the library's own calls return.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A JSON-RPC error object: `{"code": …, "message": …, "data": …}`.
+///
+/// Handlers return it to choose the error a caller sees; the client hands it back
+/// unchanged inside [`Error::Rpc`].
+///
+/// Any `std::error::Error` converts into it with `?`: the error becomes code
+/// `-32000`, its type name the message and its text the data, as rpc-websockets does
+/// for a thrown `Error`.
+///
+/// ```
+/// use wsrpc::RpcError;
+/// let e = RpcError::new(-32050, "Server error").with_data("details");
+/// assert_eq!(e.code, -32050);
+/// let parsed: Result<i32, RpcError> = "x".parse::<i32>().map_err(RpcError::from);
+/// assert_eq!(parsed.unwrap_err().message, "ParseIntError");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcError {
+    /// The error code; the JSON-RPC reserved range is -32768 to -32000.
+    pub code: i64,
+    /// A short description.
+    pub message: String,
+    /// Anything else the server wants the caller to have; absent when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    /// An error with a code and a message and no data.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// The same error carrying `data` (anything serde can serialize to JSON).
+    pub fn with_data(mut self, data: impl Serialize) -> Self {
+        self.data = serde_json::to_value(data).ok().filter(|v| !v.is_null());
+        self
+    }
+
+    /// One of the protocol's own errors, with its standard message.
+    pub(crate) fn standard(code: i64) -> Self {
+        let message = match code {
+            codes::EVENT_NOT_PROVIDED => "Event not provided",
+            codes::INVALID_REQUEST => "Invalid Request",
+            codes::METHOD_NOT_FOUND => "Method not found",
+            codes::INVALID_PARAMS => "Invalid params",
+            codes::INTERNAL_ERROR => "Internal error",
+            codes::PARAMS_NOT_FOUND => "Params not found",
+            codes::METHOD_FORBIDDEN => "Method forbidden",
+            codes::EVENT_FORBIDDEN => "Event forbidden",
+            codes::PARSE_ERROR => "Parse error",
+            _ => "Internal Server Error",
+        };
+        RpcError::new(code, message)
+    }
+
+    /// A handler's failure described by a text alone: code `-32000`, message `"Error"`
+    /// and the text as data, as rpc-websockets sends `throw new Error(text)`.
+    ///
+    /// ```
+    /// let e = wsrpc::RpcError::server("no such user");
+    /// assert_eq!((e.code, e.message.as_str()), (-32000, "Error"));
+    /// ```
+    pub fn server(text: impl Into<String>) -> Self {
+        RpcError::new(codes::SERVER_ERROR, "Error").with_data(text.into())
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)?;
+        if let Some(data) = &self.data {
+            match data {
+                Value::String(s) => write!(f, ": {s}")?,
+                other => write!(f, ": {other}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<E: std::error::Error> From<E> for RpcError {
+    fn from(err: E) -> Self {
+        let full = std::any::type_name::<E>();
+        let kind = full.rsplit("::").next().unwrap_or(full);
+        RpcError::new(codes::SERVER_ERROR, kind).with_data(err.to_string())
+    }
+}
+
+/// The error codes the protocol itself uses (see `PROTOCOL.md`).
+pub mod codes {
+    /// The frame is not valid JSON (or MessagePack).
+    pub const PARSE_ERROR: i64 = -32700;
+    /// The message is not a valid request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No such method in the namespace.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// The params do not fit the method.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The handler panicked.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// `rpc.login` without params.
+    pub const PARAMS_NOT_FOUND: i64 = -32604;
+    /// A protected method called before logging in.
+    pub const METHOD_FORBIDDEN: i64 = -32605;
+    /// A protected event subscribed to before logging in.
+    pub const EVENT_FORBIDDEN: i64 = -32606;
+    /// `rpc.on` / `rpc.off` without params (rpc-websockets' "Event not provided").
+    pub const EVENT_NOT_PROVIDED: i64 = -32000;
+    /// A handler failed without choosing a code.
+    pub const SERVER_ERROR: i64 = -32000;
+}
+
+/// What went wrong in a call to this library.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server answered with a JSON-RPC error; code, message and data are kept.
+    Rpc(RpcError),
+    /// No reply came within the call's timeout.
+    Timeout,
+    /// The client has no open connection right now (it may be reconnecting).
+    NotConnected,
+    /// The connection dropped while the call waited for its reply.
+    ConnectionLost,
+    /// The client or server was closed by its owner.
+    Closed,
+    /// The server refused to subscribe to `event`; `reason` is its word for it
+    /// (for example `"provided event invalid"`).
+    Subscribe {
+        /// The event's name.
+        event: String,
+        /// What the server answered for it.
+        reason: String,
+    },
+    /// `login` was answered with something other than `true`.
+    AuthFailed,
+    /// The address or URL could not be used.
+    InvalidUrl(String),
+    /// Params or a result could not be encoded or decoded.
+    Codec(String),
+    /// The WebSocket handshake or protocol failed.
+    Protocol(String),
+    /// A socket error.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Rpc(e) => write!(f, "server error: {e}"),
+            Error::Timeout => f.write_str("no reply within the timeout"),
+            Error::NotConnected => f.write_str("not connected"),
+            Error::ConnectionLost => f.write_str("connection lost before the reply came"),
+            Error::Closed => f.write_str("closed"),
+            Error::Subscribe { event, reason } => {
+                write!(f, "could not subscribe to '{event}': {reason}")
+            }
+            Error::AuthFailed => f.write_str("authentication failed"),
+            Error::InvalidUrl(s) => write!(f, "invalid address: {s}"),
+            Error::Codec(s) => write!(f, "encoding error: {s}"),
+            Error::Protocol(s) => write!(f, "websocket error: {s}"),
+            Error::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<tungstenite::Error> for Error {
+    fn from(e: tungstenite::Error) -> Self {
+        match e {
+            tungstenite::Error::Io(io) => Error::Io(io),
+            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+                Error::ConnectionLost
+            }
+            tungstenite::Error::Url(u) => Error::InvalidUrl(u.to_string()),
+            other => Error::Protocol(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn std_errors_become_server_errors_named_by_kind() {
+        let e: RpcError = "abc".parse::<u8>().unwrap_err().into();
+        assert_eq!(e.code, -32000);
+        assert_eq!(e.message, "ParseIntError");
+        assert_eq!(e.data, Some(Value::from("invalid digit found in string")));
+    }
+
+    #[test]
+    fn text_errors_become_server_errors() {
+        let e = RpcError::server("no such user");
+        assert_eq!((e.code, e.message.as_str()), (-32000, "Error"));
+        assert_eq!(e.data, Some(Value::from("no such user")));
+    }
+
+    #[test]
+    fn data_is_omitted_when_absent() {
+        let json = serde_json::to_string(&RpcError::standard(codes::METHOD_NOT_FOUND)).unwrap();
+        assert_eq!(json, r#"{"code":-32601,"message":"Method not found"}"#);
+    }
+}

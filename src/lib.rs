@@ -1,0 +1,68 @@
+//! # wsrpc
+//!
+//! JSON-RPC 2.0 and publish/subscribe over WebSockets, wire-compatible with the npm
+//! package [`rpc-websockets`](https://www.npmjs.com/package/rpc-websockets) 10, built on
+//! blocking sockets and threads: no async runtime.
+//!
+//! * [`Server`]: methods with typed params, structured errors, events, namespaces
+//!   chosen by URL path, login with protected methods and events, lifecycle callbacks.
+//! * [`Client`]: blocking calls with timeouts, notifications, subscriptions with
+//!   callbacks, login, and reconnection. It is `Send + Sync`: share it between threads.
+//!
+//! ```
+//! use wsrpc::{Client, RpcError, Server};
+//!
+//! let server = Server::bind("127.0.0.1:0")?;
+//! server.register("sum", |nums: Vec<f64>, _ctx| Ok::<_, RpcError>(nums.iter().sum::<f64>()));
+//! server.event("feed");
+//!
+//! let client = Client::connect(&format!("ws://{}", server.local_addr()))?;
+//! let sum: f64 = client.call_as("sum", [5, 3])?;
+//! assert_eq!(sum, 8.0);
+//! client.subscribe("feed", |params| println!("feed: {params}"))?;
+//! server.emit("feed", serde_json::json!({"price": 42}))?;
+//!
+//! client.close();
+//! server.close();
+//! # Ok::<(), wsrpc::Error>(())
+//! ```
+//!
+//! ## Errors
+//! Handlers return `Result<T, RpcError>`; any `std::error::Error` converts with `?`
+//! (code -32000, as rpc-websockets does for a thrown `Error`). The client returns
+//! [`Error`], whose [`Error::Rpc`] keeps the server's code, message and data.
+//!
+//! ## Threads
+//! The server reads each connection on its own thread and answers calls there; one
+//! dispatcher thread owns subscriptions and fans events out through a bounded queue per
+//! connection, so a slow client is disconnected instead of holding anyone up. A handler
+//! that runs long does not delay the next requests of its connection: after
+//! [`ServerConfig::slow_call_threshold`] another thread takes over reading them.
+//!
+//! The wire contract, and where wsrpc deliberately differs from rpc-websockets, is in
+//! `PROTOCOL.md` of the project.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+mod error;
+mod protocol;
+mod server;
+mod transport;
+
+pub use client::{Client, ClientBuilder, CloseInfo};
+pub use error::{Error, RpcError, codes};
+pub use server::{
+    ConnectionInfo, Context, DisconnectInfo, EventHandle, MethodHandle, Namespace, Server,
+    ServerBuilder, ServerConfig,
+};
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Lock a mutex, going on after a panic elsewhere: every value these mutexes guard stays
+/// consistent between statements, and a panicking handler must not take a connection or
+/// the server down with it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

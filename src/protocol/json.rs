@@ -1,0 +1,468 @@
+//! The JSON dialect: requests in, replies and events out, exactly as PROTOCOL.md shows.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::{Call, Id, Incoming, Item, Params, Reply, ServerMessage};
+use crate::error::{RpcError, codes};
+
+/// The members of a request object, each kept as raw JSON so it is checked once and
+/// params are parsed straight into the handler's type later.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
+fn first_byte(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+/// Whether a binary frame holds JSON rather than MessagePack.
+pub(crate) fn looks_like_json(bytes: &[u8]) -> bool {
+    matches!(first_byte(bytes), Some(b'{') | Some(b'['))
+}
+
+fn parse_error(err: serde_json::Error) -> Reply {
+    Reply::error(
+        None,
+        RpcError::standard(codes::PARSE_ERROR).with_data(err.to_string()),
+    )
+}
+
+fn invalid_request(id: Option<Id>, data: Option<&str>) -> Reply {
+    let mut error = RpcError::standard(codes::INVALID_REQUEST);
+    if let Some(data) = data {
+        error = error.with_data(data);
+    }
+    Reply::error(id, error)
+}
+
+pub(crate) fn decode_requests(frame: &[u8]) -> Incoming<'_> {
+    match first_byte(frame) {
+        Some(b'{') => match serde_json::from_slice::<Envelope>(frame) {
+            Ok(envelope) => Incoming::Single(validate(envelope)),
+            Err(e) if e.is_data() => Incoming::Refused(invalid_request(None, Some(&e.to_string()))),
+            Err(e) => Incoming::Refused(parse_error(e)),
+        },
+        Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(frame) {
+            Ok(items) if items.is_empty() => {
+                Incoming::Refused(invalid_request(None, Some("Invalid array")))
+            }
+            Ok(items) => Incoming::Batch(items.into_iter().map(decode_item).collect()),
+            Err(e) => Incoming::Refused(parse_error(e)),
+        },
+        _ => match serde_json::from_slice::<IgnoredAny>(frame) {
+            Ok(_) => Incoming::Refused(invalid_request(None, None)),
+            Err(e) => Incoming::Refused(parse_error(e)),
+        },
+    }
+}
+
+/// One member of a batch: it must be an object like any single request.
+fn decode_item(raw: &RawValue) -> Item<'_> {
+    if first_byte(raw.get().as_bytes()) != Some(b'{') {
+        return Err(invalid_request(None, None));
+    }
+    match serde_json::from_str::<Envelope>(raw.get()) {
+        Ok(envelope) => validate(envelope),
+        Err(e) => Err(invalid_request(None, Some(&e.to_string()))),
+    }
+}
+
+/// The checks of rpc-websockets' `_runMethod`, in its order, with the contract's fixes.
+fn validate(envelope: Envelope<'_>) -> Item<'_> {
+    let id = match envelope.id {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Id>(raw.get()) {
+            Ok(id) => Some(id),
+            Err(_) => return Err(invalid_request(None, Some("Invalid id"))),
+        },
+    };
+    let version = envelope.jsonrpc.and_then(|raw| json_str(raw));
+    if version.as_deref() != Some("2.0") {
+        return Err(invalid_request(id, Some("Invalid JSON RPC version")));
+    }
+    let method = match envelope.method {
+        Some(raw) if !is_falsy(raw) => match json_str(raw) {
+            Some(method) => method,
+            None => return Err(invalid_request(id, Some("Invalid method name"))),
+        },
+        _ => {
+            let error = RpcError::standard(codes::INVALID_PARAMS).with_data("Method not specified");
+            return Err(Reply::error(id, error));
+        }
+    };
+    let params = match envelope.params {
+        None => Params::Absent,
+        Some(raw) if matches!(first_byte(raw.get().as_bytes()), Some(b'[') | Some(b'{')) => {
+            Params::Json(raw)
+        }
+        Some(_) => return Err(invalid_request(id, None)),
+    };
+    Ok(Call { id, method, params })
+}
+
+/// A JSON string's value, borrowed when it has no escapes.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<&str>(raw.get())
+        .map(Cow::Borrowed)
+        .or_else(|_| serde_json::from_str::<String>(raw.get()).map(Cow::Owned))
+        .ok()
+}
+
+/// JavaScript's `!value` for the values a method name can take.
+fn is_falsy(raw: &RawValue) -> bool {
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Bool(b)) => !b,
+        Ok(Value::Number(n)) => n.as_f64() == Some(0.0),
+        Ok(Value::String(s)) => s.is_empty(),
+        _ => false,
+    }
+}
+
+pub(crate) fn encode_replies(replies: &[Reply], batch: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    if batch {
+        out.push(b'[');
+        for (i, reply) in replies.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_reply(&mut out, reply);
+        }
+        out.push(b']');
+    } else if let Some(reply) = replies.first() {
+        write_reply(&mut out, reply);
+    }
+    out
+}
+
+fn write_reply(out: &mut Vec<u8>, reply: &Reply) {
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","#);
+    match &reply.outcome {
+        Ok(result) => {
+            out.extend_from_slice(br#""result":"#);
+            out.extend_from_slice(&result.0);
+        }
+        Err(error) => {
+            out.extend_from_slice(br#""error":"#);
+            write_json(out, error);
+        }
+    }
+    out.extend_from_slice(br#","id":"#);
+    match &reply.id {
+        Some(id) => write_json(out, id),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+}
+
+/// Serializing these types to a Vec cannot fail: they are plain data with string keys.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("plain data serializes");
+}
+
+pub(crate) fn encode_event(name: &str, params: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + name.len());
+    out.extend_from_slice(br#"{"notification":"#);
+    write_json(&mut out, name);
+    out.extend_from_slice(br#","params":"#);
+    write_json(&mut out, params);
+    out.push(b'}');
+    out
+}
+
+/// A call or notification as a client sends it; `null` params are left out.
+pub(crate) fn encode_call(id: Option<u64>, method: &str, params: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + method.len());
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","method":"#);
+    write_json(&mut out, method);
+    if !params.is_null() {
+        out.extend_from_slice(br#","params":"#);
+        write_json(&mut out, params);
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(id.to_string().as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
+/// Read what a server sent: replies (single or batched) and events. Messages of no
+/// known shape are skipped, as the JavaScript client does.
+pub(crate) fn decode_server_message(frame: &[u8]) -> Result<Vec<ServerMessage>, String> {
+    let value: Value = serde_json::from_slice(frame).map_err(|e| e.to_string())?;
+    let items = match value {
+        Value::Array(items) => items,
+        single => vec![single],
+    };
+    Ok(items.into_iter().filter_map(server_message).collect())
+}
+
+fn server_message(value: Value) -> Option<ServerMessage> {
+    let Value::Object(mut obj) = value else {
+        return None;
+    };
+    if let Some(Value::String(name)) = obj.remove("notification") {
+        let params = obj.remove("params").unwrap_or(Value::Array(Vec::new()));
+        return Some(ServerMessage::Event { name, params });
+    }
+    let id = match obj.remove("id") {
+        Some(Value::Null) | None => None,
+        Some(raw) => Some(serde_json::from_value::<Id>(raw).ok()?),
+    };
+    if let Some(error) = obj.remove("error") {
+        let error = serde_json::from_value::<RpcError>(error).unwrap_or_else(|e| {
+            RpcError::new(codes::INTERNAL_ERROR, "Malformed error").with_data(e.to_string())
+        });
+        return Some(ServerMessage::Reply {
+            id,
+            outcome: Err(error),
+        });
+    }
+    if let Some(result) = obj.remove("result") {
+        return Some(ServerMessage::Reply {
+            id,
+            outcome: Ok(result),
+        });
+    }
+    // A JSON-RPC notification pushed by the server ({"method", "params"} without id).
+    match (id, obj.remove("method")) {
+        (None, Some(Value::String(name))) => {
+            let params = obj.remove("params").unwrap_or(Value::Array(Vec::new()));
+            Some(ServerMessage::Event { name, params })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Codec, Encoded};
+    use serde_json::json;
+
+    fn single(frame: &str) -> Item<'_> {
+        match decode_requests(frame.as_bytes()) {
+            Incoming::Single(item) => item,
+            other => panic!("expected a single message, got {other:?}"),
+        }
+    }
+
+    fn refused(frame: &str) -> Reply {
+        match decode_requests(frame.as_bytes()) {
+            Incoming::Refused(reply) => reply,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn error_of(item: Item<'_>) -> (Option<Id>, i64, Option<Value>) {
+        let reply = item.expect_err("expected an error reply");
+        let error = reply.outcome.expect_err("expected an error");
+        (reply.id, error.code, error.data)
+    }
+
+    fn encoded(reply: &Reply) -> Value {
+        serde_json::from_slice(&encode_replies(std::slice::from_ref(reply), false)).unwrap()
+    }
+
+    #[test]
+    fn contract_call_frame_decodes() {
+        let call = single(r#"{"jsonrpc":"2.0","method":"sum","params":[5,3],"id":1}"#).unwrap();
+        assert_eq!(call.id, Some(Id::from(1)));
+        assert_eq!(call.method, "sum");
+        assert_eq!(call.params.parse::<Vec<i32>>().unwrap(), vec![5, 3]);
+    }
+
+    #[test]
+    fn ids_zero_and_empty_string_are_ids_not_notifications() {
+        let call = single(r#"{"jsonrpc":"2.0","method":"m","id":0}"#).unwrap();
+        assert_eq!(call.id, Some(Id::from(0)));
+        let call = single(r#"{"jsonrpc":"2.0","method":"m","id":""}"#).unwrap();
+        assert_eq!(call.id, Some(Id::Str(String::new())));
+        let call = single(r#"{"jsonrpc":"2.0","method":"m","id":null}"#).unwrap();
+        assert_eq!(call.id, None);
+    }
+
+    #[test]
+    fn object_and_absent_and_null_params() {
+        let call = single(r#"{"jsonrpc":"2.0","method":"m","params":{"a":1},"id":1}"#).unwrap();
+        assert_eq!(call.params.parse::<Value>().unwrap(), json!({"a": 1}));
+        let call = single(r#"{"jsonrpc":"2.0","method":"m","params":null,"id":1}"#).unwrap();
+        assert!(call.params.is_absent());
+        let call = single(r#"{"jsonrpc":"2.0","method":"m","id":1}"#).unwrap();
+        assert!(call.params.is_absent());
+    }
+
+    #[test]
+    fn escaped_method_names_are_read() {
+        let call = single(r#"{"jsonrpc":"2.0","method":"s\u0075m","id":1}"#).unwrap();
+        assert_eq!(call.method, "sum");
+    }
+
+    #[test]
+    fn parse_error_has_null_id_and_parser_message() {
+        let reply = refused(r#"{"jsonrpc":"2.0","method":"#);
+        let v = encoded(&reply);
+        assert_eq!(v["error"]["code"], -32700);
+        assert_eq!(v["error"]["message"], "Parse error");
+        assert!(v["error"]["data"].is_string());
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(refused("nope").outcome.unwrap_err().code, -32700);
+    }
+
+    #[test]
+    fn non_object_is_invalid_request() {
+        for frame in ["42", "\"x\"", "true", "null"] {
+            let error = refused(frame).outcome.unwrap_err();
+            assert_eq!((error.code, error.data), (-32600, None), "{frame}");
+        }
+    }
+
+    #[test]
+    fn empty_batch_is_invalid_array() {
+        let error = refused("[]").outcome.unwrap_err();
+        assert_eq!(error.code, -32600);
+        assert_eq!(error.data, Some(json!("Invalid array")));
+    }
+
+    #[test]
+    fn wrong_version_is_invalid_request_keeping_the_id() {
+        let (id, code, data) = error_of(single(r#"{"jsonrpc":"1.0","method":"m","id":7}"#));
+        assert_eq!((id, code), (Some(Id::from(7)), -32600));
+        assert_eq!(data, Some(json!("Invalid JSON RPC version")));
+        let (_, code, _) = error_of(single(r#"{"method":"m","id":7}"#));
+        assert_eq!(code, -32600);
+    }
+
+    #[test]
+    fn missing_or_empty_method_is_method_not_specified() {
+        for frame in [
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","method":"","id":1}"#,
+            r#"{"jsonrpc":"2.0","method":null,"id":1}"#,
+        ] {
+            let (_, code, data) = error_of(single(frame));
+            assert_eq!(code, -32602, "{frame}");
+            assert_eq!(data, Some(json!("Method not specified")));
+        }
+    }
+
+    #[test]
+    fn non_string_method_is_invalid_method_name() {
+        let (_, code, data) = error_of(single(r#"{"jsonrpc":"2.0","method":5,"id":1}"#));
+        assert_eq!(code, -32600);
+        assert_eq!(data, Some(json!("Invalid method name")));
+    }
+
+    #[test]
+    fn scalar_params_are_invalid_request() {
+        for params in ["\"s\"", "5", "true"] {
+            let frame = format!(r#"{{"jsonrpc":"2.0","method":"m","params":{params},"id":1}}"#);
+            let (id, code, data) = error_of(single(&frame));
+            assert_eq!((id, code, data), (Some(Id::from(1)), -32600, None));
+        }
+    }
+
+    #[test]
+    fn invalid_id_type_is_invalid_request_with_null_id() {
+        let (id, code, _) = error_of(single(r#"{"jsonrpc":"2.0","method":"m","id":[1]}"#));
+        assert_eq!((id, code), (None, -32600));
+    }
+
+    #[test]
+    fn batch_items_are_checked_one_by_one() {
+        let frame = r#"[{"jsonrpc":"2.0","method":"a","id":1}, 5, {"jsonrpc":"2.0","method":"b"}]"#;
+        let Incoming::Batch(items) = decode_requests(frame.as_bytes()) else {
+            panic!("expected a batch")
+        };
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0].as_ref().unwrap().method, "a");
+        assert_eq!(items[1].as_ref().unwrap_err().outcome.as_ref().unwrap_err().code, -32600);
+        assert_eq!(items[2].as_ref().unwrap().id, None);
+    }
+
+    #[test]
+    fn contract_result_and_error_frames_encode_exactly() {
+        let ok = Reply {
+            id: Some(Id::from(1)),
+            outcome: Ok(Codec::Json.encode_value(&8).unwrap()),
+        };
+        let out = encode_replies(std::slice::from_ref(&ok), false);
+        assert_eq!(out, br#"{"jsonrpc":"2.0","result":8,"id":1}"#);
+        let err = Reply::error(Some(Id::from(1)), RpcError::standard(codes::METHOD_NOT_FOUND));
+        let out = encode_replies(std::slice::from_ref(&err), false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":1}"#
+        );
+        let none = Reply {
+            id: Some(Id::Str("a".into())),
+            outcome: Ok(Encoded(b"null".to_vec())),
+        };
+        let out = encode_replies(&[ok, none], true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"[{"jsonrpc":"2.0","result":8,"id":1},{"jsonrpc":"2.0","result":null,"id":"a"}]"#
+        );
+    }
+
+    #[test]
+    fn contract_event_frame_encodes_exactly() {
+        let out = encode_event("feed", &json!({"price": 42}));
+        assert_eq!(out, br#"{"notification":"feed","params":{"price":42}}"#);
+    }
+
+    #[test]
+    fn calls_encode_without_null_params() {
+        assert_eq!(
+            encode_call(Some(3), "sum", &json!([5, 3])),
+            br#"{"jsonrpc":"2.0","method":"sum","params":[5,3],"id":3}"#
+        );
+        assert_eq!(
+            encode_call(None, "ping", &Value::Null),
+            br#"{"jsonrpc":"2.0","method":"ping"}"#
+        );
+    }
+
+    #[test]
+    fn server_messages_decode() {
+        let msgs = decode_server_message(br#"{"jsonrpc":"2.0","result":8,"id":1}"#).unwrap();
+        assert_eq!(
+            msgs,
+            vec![ServerMessage::Reply {
+                id: Some(Id::from(1)),
+                outcome: Ok(json!(8))
+            }]
+        );
+        let msgs = decode_server_message(
+            br#"{"jsonrpc":"2.0","error":{"code":-32050,"message":"Server error","data":"d"},"id":2}"#,
+        )
+        .unwrap();
+        let ServerMessage::Reply { outcome: Err(e), .. } = &msgs[0] else {
+            panic!("expected an error reply")
+        };
+        assert_eq!((e.code, e.data.clone()), (-32050, Some(json!("d"))));
+        let msgs = decode_server_message(br#"{"notification":"feed","params":[1]}"#).unwrap();
+        assert_eq!(
+            msgs,
+            vec![ServerMessage::Event {
+                name: "feed".into(),
+                params: json!([1])
+            }]
+        );
+        assert!(decode_server_message(b"{").is_err());
+    }
+}

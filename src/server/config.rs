@@ -1,0 +1,243 @@
+//! How a server is set up: [`ServerConfig`] (limits and threads, with defaults) and
+//! [`ServerBuilder`] (config, lifecycle callbacks, address).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Server;
+use crate::error::Error;
+
+/// Limits and thread settings of a server. Every field has a default; change the ones
+/// you need:
+///
+/// ```
+/// let mut config = wsrpc::ServerConfig::default();
+/// config.max_message_size = 1 << 20;
+/// let server = wsrpc::Server::builder().config(config).bind("127.0.0.1:0").unwrap();
+/// server.close();
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Largest incoming message, in bytes, after reassembling its frames. Default 16 MiB.
+    pub max_message_size: usize,
+    /// Largest incoming frame payload, in bytes. Default 16 MiB.
+    pub max_frame_size: usize,
+    /// Read buffer of each connection, in bytes. Default 4 KiB: an idle connection
+    /// stays small, and larger messages still arrive whole (the buffer is refilled).
+    pub read_buffer_size: usize,
+    /// Stack size of connection threads, which run the handlers. Default 512 KiB: JSON
+    /// nested as deep as serde_json allows (128 levels) parses with room to spare in a
+    /// debug build. Untouched stack costs no memory.
+    pub stack_size: usize,
+    /// Frames (events, close) waiting to be written to one connection. A client that
+    /// lets this many pile up is disconnected (close code 1008, "outgoing queue full")
+    /// so that it cannot hold up anyone else. Default 1024.
+    pub outgoing_queue: usize,
+    /// How long a new TCP connection may take to finish its WebSocket handshake.
+    /// Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How long [`Server::close`] waits for clients to answer its close frame before
+    /// dropping their connections. Default 2 s.
+    pub close_timeout: Duration,
+    /// A handler still running after this long stops delaying the later requests of its
+    /// connection: another thread takes over reading them. Default 20 ms.
+    pub slow_call_threshold: Duration,
+    /// Refuse (HTTP 404) a connection whose path names no namespace with anything
+    /// registered. Default `false`: such a client gets an empty namespace, as in
+    /// rpc-websockets.
+    pub refuse_unknown_namespaces: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_message_size: 16 << 20,
+            max_frame_size: 16 << 20,
+            read_buffer_size: 4 << 10,
+            stack_size: 512 << 10,
+            outgoing_queue: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            slow_call_threshold: Duration::from_millis(20),
+            refuse_unknown_namespaces: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub(crate) fn websocket(&self) -> tungstenite::protocol::WebSocketConfig {
+        tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_frame_size))
+    }
+}
+
+/// What a server knows about a new connection: given to
+/// [`ServerBuilder::on_connection`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The connection's id (from `?socket_id=`, or made up by the server).
+    pub socket_id: String,
+    /// The namespace, that is the URL path (`/` for none).
+    pub namespace: String,
+    /// The query string without `?`, empty when there was none.
+    pub query: String,
+    /// Request headers in the order they came.
+    pub headers: Vec<(String, String)>,
+    /// The client's address.
+    pub peer_addr: Option<SocketAddr>,
+}
+
+impl ConnectionInfo {
+    /// The first header named `name`, compared without regard to case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first query parameter named `name`, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        query_param(&self.query, name)
+    }
+}
+
+/// How a connection ended: given to [`ServerBuilder::on_disconnection`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DisconnectInfo {
+    /// The connection's id.
+    pub socket_id: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The close code: the client's, the server's when it closed the connection, 1005
+    /// for a close frame without one, 1006 when the TCP connection simply ended.
+    pub code: u16,
+    /// The close reason, possibly empty.
+    pub reason: String,
+}
+
+type Callback<T> = Arc<dyn Fn(&T) + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    pub listening: Option<Callback<SocketAddr>>,
+    pub connection: Option<Callback<ConnectionInfo>>,
+    pub disconnection: Option<Callback<DisconnectInfo>>,
+    pub error: Option<Callback<Error>>,
+}
+
+/// Sets up and starts a [`Server`].
+///
+/// ```
+/// let server = wsrpc::Server::builder()
+///     .on_connection(|c| println!("{} joined {}", c.socket_id, c.namespace))
+///     .bind("127.0.0.1:0")
+///     .unwrap();
+/// println!("listening on {}", server.local_addr());
+/// server.close();
+/// ```
+#[derive(Default)]
+#[must_use = "a builder does nothing until bind() is called"]
+pub struct ServerBuilder {
+    pub(crate) config: ServerConfig,
+    pub(crate) hooks: Hooks,
+}
+
+impl ServerBuilder {
+    /// Use these limits and thread settings.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Called once the server listens, with its address.
+    pub fn on_listening(mut self, f: impl Fn(&SocketAddr) + Send + Sync + 'static) -> Self {
+        self.hooks.listening = Some(Arc::new(f));
+        self
+    }
+
+    /// Called on the connection's thread when a client has connected, before its first
+    /// request is read.
+    pub fn on_connection(mut self, f: impl Fn(&ConnectionInfo) + Send + Sync + 'static) -> Self {
+        self.hooks.connection = Some(Arc::new(f));
+        self
+    }
+
+    /// Called when a connection has ended, with its close code.
+    pub fn on_disconnection(
+        mut self,
+        f: impl Fn(&DisconnectInfo) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.disconnection = Some(Arc::new(f));
+        self
+    }
+
+    /// Called for errors that concern no single request: a failed handshake, a broken
+    /// connection, a failed `accept`.
+    pub fn on_error(mut self, f: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.hooks.error = Some(Arc::new(f));
+        self
+    }
+
+    /// Bind to `addr` (port 0 picks a free port) and start serving.
+    pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
+        Server::start(self, addr)
+    }
+}
+
+/// The value of query parameter `name` in `query`, percent-decoded (`+` is a space).
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_found_and_decoded() {
+        let q = "a=1&socket_id=my%20id&flag&x=%zz&y=a+b";
+        assert_eq!(query_param(q, "socket_id").as_deref(), Some("my id"));
+        assert_eq!(query_param(q, "a").as_deref(), Some("1"));
+        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
+        assert_eq!(query_param(q, "x").as_deref(), Some("%zz"));
+        assert_eq!(query_param(q, "y").as_deref(), Some("a b"));
+        assert_eq!(query_param(q, "nope"), None);
+        assert_eq!(query_param("t=%4", "t").as_deref(), Some("%4"));
+        assert_eq!(query_param("t=%41", "t").as_deref(), Some("A"));
+    }
+}

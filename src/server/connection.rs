@@ -1,0 +1,397 @@
+//! One client connection: the handshake, the thread that reads and answers requests,
+//! and a writer thread, started only while events are queued, for what the server
+//! pushes.
+//!
+//! Calls are answered on the reading thread itself (no hand-off on the hot path). While
+//! a handler runs, the reader is parked in `reader_slot`; if the handler is still
+//! running when the dispatcher's watch looks twice, the watch gives the reader to a new
+//! thread so the connection's later requests are not held up. The old thread sends its
+//! reply and ends.
+
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::protocol::Role;
+use tungstenite::{Message, WebSocket};
+
+use super::calls::{self, Session};
+use super::config::{ConnectionInfo, DisconnectInfo, query_param};
+use super::dispatcher::Command;
+use super::registry::View;
+use super::Server;
+use crate::error::Error;
+use crate::lock;
+use crate::protocol::{Codec, json};
+use crate::transport::{ConnStream, Sink, close_info};
+
+type Reader = WebSocket<ConnStream>;
+
+/// How long a writer thread waits for more frames before it ends.
+const WRITER_IDLE: Duration = Duration::from_secs(5);
+/// Writer threads only encode frame headers and write.
+const WRITER_STACK: usize = 64 << 10;
+
+/// Something to write to a client from outside its reading thread.
+pub(crate) enum Outgoing {
+    Frame(Message),
+    Close(u16, String),
+    /// The connection ended: the writer may stop.
+    Stop,
+}
+
+pub(crate) struct Conn {
+    pub session: Session,
+    pub sink: Arc<Sink>,
+    outbox: Sender<Outgoing>,
+    inbox: Receiver<Outgoing>,
+    writer_running: AtomicBool,
+    finished: AtomicBool,
+    /// The reader, while the thread that owns it runs a handler.
+    reader_slot: Mutex<Option<Reader>>,
+    /// Odd while a handler runs; counts up by one at each start and each end.
+    handler_seq: AtomicU64,
+    /// `handler_seq` as the dispatcher's last scan saw it (only the dispatcher uses it).
+    seen_seq: AtomicU64,
+    /// Why the server dropped the connection, if it did.
+    dropped_for: Mutex<Option<(u16, String)>>,
+}
+
+impl Conn {
+    fn new(session: Session, sink: Arc<Sink>, queue: usize) -> Self {
+        let (outbox, inbox) = crossbeam_channel::bounded(queue.max(1));
+        Conn {
+            session,
+            sink,
+            outbox,
+            inbox,
+            writer_running: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            reader_slot: Mutex::new(None),
+            handler_seq: AtomicU64::new(0),
+            seen_seq: AtomicU64::new(0),
+            dropped_for: Mutex::new(None),
+        }
+    }
+
+    /// Queue a frame for the writer thread; `false` when the queue is full.
+    pub(crate) fn push(self: &Arc<Self>, server: &Server, item: Outgoing) -> bool {
+        if self.finished.load(Ordering::SeqCst) {
+            return true;
+        }
+        if self.outbox.try_send(item).is_err() {
+            return false;
+        }
+        if !self.writer_running.swap(true, Ordering::SeqCst) {
+            let conn = self.clone();
+            if let Err(e) = server.spawn("wsrpc-writer", WRITER_STACK, move || conn.write_loop()) {
+                // The frame stays queued; the next push tries again.
+                self.writer_running.store(false, Ordering::SeqCst);
+                log::warn!("could not start a writer thread: {e}");
+            }
+        }
+        true
+    }
+
+    fn write_loop(&self) {
+        loop {
+            match self.inbox.recv_timeout(WRITER_IDLE) {
+                Ok(Outgoing::Frame(message)) => {
+                    let _ = self.sink.send(message);
+                }
+                Ok(Outgoing::Close(code, reason)) => {
+                    let _ = self.sink.close(code, &reason);
+                }
+                Ok(Outgoing::Stop) => return,
+                Err(_) => {
+                    // Idle: end, unless a frame slipped in after the timeout (then
+                    // whoever sets the flag first writes it).
+                    self.writer_running.store(false, Ordering::SeqCst);
+                    if self.inbox.is_empty() || self.writer_running.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                }
+            }
+            if self.finished.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Start the close handshake from outside the reading thread.
+    pub(crate) fn close(self: &Arc<Self>, server: &Server, code: u16, reason: &str) {
+        if !self.push(server, Outgoing::Close(code, reason.to_owned())) {
+            self.drop_connection(code, reason);
+        }
+    }
+
+    /// End the connection at once (no close handshake), recording why.
+    pub(crate) fn drop_connection(&self, code: u16, reason: &str) {
+        lock(&self.dropped_for).get_or_insert_with(|| (code, reason.to_owned()));
+        self.sink.shutdown();
+    }
+
+    pub(crate) fn in_handler(&self) -> bool {
+        self.handler_seq.load(Ordering::SeqCst) % 2 == 1
+    }
+
+    /// Whether the handler running now is the one the previous scan saw.
+    pub(crate) fn same_handler_as_last_scan(&self) -> bool {
+        let now = self.handler_seq.load(Ordering::SeqCst);
+        self.seen_seq.swap(now, Ordering::Relaxed) == now
+    }
+
+    /// The parked reader, unless its thread is putting it back right now.
+    pub(crate) fn take_reader(&self) -> Option<Reader> {
+        self.reader_slot.try_lock().ok()?.take()
+    }
+
+    fn park(&self, server: &Server, reader: Reader) {
+        *lock(&self.reader_slot) = Some(reader);
+        self.handler_seq.fetch_add(1, Ordering::SeqCst);
+        let asleep = server.watch_asleep();
+        if asleep.load(Ordering::SeqCst) && asleep.swap(false, Ordering::SeqCst) {
+            server.try_dispatch(Command::Wake);
+        }
+    }
+
+    /// The reader back, or `None` if another thread now reads for this connection.
+    fn unpark(&self) -> Option<Reader> {
+        self.handler_seq.fetch_add(1, Ordering::SeqCst);
+        lock(&self.reader_slot).take()
+    }
+}
+
+/// Serve one accepted TCP connection on the calling thread until it ends.
+pub(crate) fn serve(server: Server, stream: TcpStream) {
+    let peer_addr = stream.peer_addr().ok();
+    let config = server.config().clone();
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = stream.set_read_timeout(Some(config.handshake_timeout)) {
+        log::debug!("could not set the handshake timeout: {e}");
+        return;
+    }
+    let sink = Arc::new(Sink::new(stream, Role::Server, config.websocket()));
+    let mut info = None;
+    let callback = |request: &Request, response: Response| {
+        let found = request_info(request, peer_addr);
+        let refused = server.config().refuse_unknown_namespaces
+            && server.registry().namespace(&found.namespace).is_none();
+        if refused {
+            let mut error = ErrorResponse::new(Some("no such namespace".into()));
+            *error.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
+            return Err(error);
+        }
+        info = Some(found);
+        Ok(response)
+    };
+    let handshake = tungstenite::accept_hdr_with_config(
+        ConnStream(sink.clone()),
+        callback,
+        Some(config.websocket()),
+    );
+    let reader = match handshake {
+        Ok(reader) => reader,
+        Err(e) => {
+            let e = Error::Protocol(format!("handshake with {peer_addr:?} failed: {e}"));
+            log::debug!("{e}");
+            if let Some(hook) = &server.hooks().error {
+                hook(&e);
+            }
+            return;
+        }
+    };
+    let Some(info) = info else { return };
+    if sink.stream().set_read_timeout(None).is_err() {
+        return;
+    }
+    let session = Session::new(server.next_key(), info.socket_id.clone(), info.namespace.clone());
+    let conn = Arc::new(Conn::new(session, sink, config.outgoing_queue));
+    if !server.register_connection(conn.clone()) {
+        let _ = conn.sink.close(1001, "server shutting down");
+        conn.sink.shutdown();
+        return;
+    }
+    log::debug!("client {} connected to {}", info.socket_id, info.namespace);
+    if let Some(hook) = &server.hooks().connection {
+        hook(&info);
+    }
+    read_loop(server, conn, reader);
+}
+
+fn request_info(request: &Request, peer_addr: Option<std::net::SocketAddr>) -> ConnectionInfo {
+    let uri = request.uri();
+    let namespace = match uri.path() {
+        "" => "/".to_owned(),
+        path => path.to_owned(),
+    };
+    let query = uri.query().unwrap_or("").to_owned();
+    let socket_id = query_param(&query, "socket_id")
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(new_socket_id);
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    ConnectionInfo {
+        socket_id,
+        namespace,
+        query,
+        headers,
+        peer_addr,
+    }
+}
+
+/// A random id in the shape of a version 4 UUID, as rpc-websockets makes them.
+fn new_socket_id() -> String {
+    let random = || {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(0);
+        h.finish()
+    };
+    let (a, b) = (random(), random());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        ((b >> 48) & 0x3fff) | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// Continue reading a connection on a new thread (its handler is slow).
+pub(crate) fn resume(server: &Server, conn: Arc<Conn>, reader: Reader) {
+    let srv = server.clone();
+    let c = conn.clone();
+    let slot = Arc::new(Mutex::new(Some(reader)));
+    let handed = slot.clone();
+    let spawned = server.spawn("wsrpc-conn", server.config().stack_size, move || {
+        if let Some(reader) = lock(&handed).take() {
+            read_loop(srv, c, reader);
+        }
+    });
+    if let Err(e) = spawned {
+        // Give the reader back: its old thread carries on once the handler returns.
+        log::warn!("could not start a reader thread: {e}");
+        if let Some(reader) = lock(&slot).take() {
+            *lock(&conn.reader_slot) = Some(reader);
+        }
+    }
+}
+
+fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
+    let mut view = View::new(server.registry(), &conn.session.namespace);
+    let mut peer_close = None;
+    let error = loop {
+        let message = match reader.read() {
+            Ok(message) => message,
+            Err(e) => break e,
+        };
+        let payload: &[u8] = match &message {
+            Message::Text(text) => text.as_bytes(),
+            Message::Binary(bytes) if json::looks_like_json(bytes) => bytes,
+            Message::Binary(_) => {
+                refuse_binary(&conn);
+                continue;
+            }
+            Message::Close(frame) => {
+                conn.sink.peer_closed();
+                peer_close = Some(close_info(frame.as_ref()));
+                continue;
+            }
+            _ => continue,
+        };
+        let table = view.current(server.registry(), &conn.session.namespace);
+        conn.park(&server, reader);
+        let reply = calls::handle_frame(&server, &conn.session, table, Codec::Json, payload);
+        if let Some(reply) = reply {
+            send_reply(&conn, reply);
+        }
+        match conn.unpark() {
+            Some(back) => reader = back,
+            None => return,
+        }
+    };
+    finish(&server, &conn, peer_close, error);
+}
+
+/// MessagePack is not spoken yet: a binary frame that is not JSON gets a parse error.
+fn refuse_binary(conn: &Conn) {
+    let error = crate::error::RpcError::standard(crate::error::codes::PARSE_ERROR)
+        .with_data("binary frames must hold JSON");
+    let reply = crate::protocol::Reply::error(None, error);
+    send_reply(conn, Codec::Json.encode_replies(&[reply], false));
+}
+
+fn send_reply(conn: &Conn, reply: Vec<u8>) {
+    match tungstenite::Utf8Bytes::try_from(reply) {
+        Ok(text) => {
+            if let Err(e) = conn.sink.send(Message::Text(text)) {
+                log::debug!("reply to {} not sent: {e}", conn.session.socket_id);
+            }
+        }
+        Err(e) => log::error!("a reply was not UTF-8: {e}"),
+    }
+}
+
+/// The connection is over: answer protocol errors with a close frame, tell the
+/// dispatcher, and report how it ended.
+fn finish(
+    server: &Server,
+    conn: &Arc<Conn>,
+    peer_close: Option<(u16, String)>,
+    error: tungstenite::Error,
+) {
+    use tungstenite::error::{Error as WsError, ProtocolError};
+    let refusal = match &error {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => None,
+        WsError::Io(_) | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Capacity(e) => Some((1009, format!("message too big: {e}"))),
+        WsError::Utf8(_) => Some((1007, "text frame is not valid UTF-8".to_owned())),
+        WsError::Protocol(e) => Some((1002, e.to_string())),
+        other => Some((1011, other.to_string())),
+    };
+    if let Some((code, reason)) = &refusal {
+        log::warn!("closing client {} ({code}): {reason}", conn.session.socket_id);
+        let _ = conn.sink.close(*code, reason);
+        server.report(Error::Protocol(format!("client {}: {reason}", conn.session.socket_id)));
+    }
+    conn.finished.store(true, Ordering::SeqCst);
+    let _ = conn.outbox.try_send(Outgoing::Stop);
+    conn.sink.shutdown();
+    server.dispatch(Command::Disconnect(conn.session.key));
+    let (code, reason) = lock(&conn.dropped_for)
+        .clone()
+        .or(refusal)
+        .or(peer_close)
+        .unwrap_or((1006, String::new()));
+    log::debug!("client {} disconnected ({code} {reason})", conn.session.socket_id);
+    if let Some(hook) = &server.hooks().disconnection {
+        hook(&DisconnectInfo {
+            socket_id: conn.session.socket_id.clone(),
+            namespace: conn.session.namespace.clone(),
+            code,
+            reason,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_ids_look_like_uuids_and_differ() {
+        let a = new_socket_id();
+        let b = new_socket_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.as_bytes()[14], b'4');
+    }
+}

@@ -1,0 +1,293 @@
+//! The dispatcher thread: the single owner of the connection table and of who is
+//! subscribed to what. It fans events out, answers `clients()`, closes namespaces and
+//! the server, and watches for handlers that run long enough to hold up their
+//! connection's later requests.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::Value;
+use tungstenite::Message;
+use tungstenite::protocol::frame::Utf8Bytes;
+
+use super::Server;
+use super::connection::{self, Conn, Outgoing};
+use crate::protocol::Codec;
+
+/// Everything the dispatcher is asked to do.
+pub(crate) enum Command {
+    /// A connection finished its handshake.
+    Connect(Arc<Conn>),
+    /// A connection ended.
+    Disconnect(u64),
+    Subscribe {
+        key: u64,
+        events: Vec<String>,
+    },
+    Unsubscribe {
+        key: u64,
+        events: Vec<String>,
+    },
+    /// Send an event to its subscribers; `params` is already an array or object.
+    Emit {
+        namespace: String,
+        event: String,
+        params: Value,
+    },
+    Clients {
+        namespace: String,
+        reply: Sender<Vec<String>>,
+    },
+    CloseNamespace {
+        namespace: String,
+        done: Sender<()>,
+    },
+    Shutdown {
+        done: Sender<()>,
+    },
+    /// A handler started while the slow-call watch was asleep.
+    Wake,
+}
+
+/// Scans without a busy handler before the watch goes to sleep (about a second).
+const IDLE_SCANS_BEFORE_SLEEP: u32 = 50;
+
+#[derive(Default)]
+struct NamespaceClients {
+    clients: HashSet<u64>,
+    subscribers: HashMap<String, HashMap<u64, Arc<Conn>>>,
+}
+
+pub(crate) struct Dispatcher {
+    server: Server,
+    commands: Receiver<Command>,
+    conns: HashMap<u64, Arc<Conn>>,
+    namespaces: HashMap<String, NamespaceClients>,
+    idle_scans: u32,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(server: Server, commands: Receiver<Command>) -> Self {
+        Dispatcher {
+            server,
+            commands,
+            conns: HashMap::new(),
+            namespaces: HashMap::new(),
+            idle_scans: 0,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let tick = self.server.config().slow_call_threshold;
+        let mut next_scan: Option<Instant> = None;
+        loop {
+            let watching = !self.server.watch_asleep().load(Ordering::SeqCst);
+            let command = match (watching, next_scan) {
+                (false, _) => {
+                    next_scan = None;
+                    self.commands.recv().ok()
+                }
+                (true, None) => {
+                    next_scan = Some(Instant::now() + tick);
+                    continue;
+                }
+                (true, Some(at)) => match self.commands.recv_deadline(at) {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.scan_for_slow_calls();
+                        next_scan = Some(Instant::now() + tick);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            match command {
+                Some(Command::Shutdown { done }) => {
+                    self.shutdown();
+                    let _ = done.send(());
+                    return;
+                }
+                Some(command) => self.handle(command),
+                None => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Connect(conn) => {
+                let ns = conn.session.namespace.clone();
+                let key = conn.session.key;
+                self.namespaces.entry(ns).or_default().clients.insert(key);
+                self.conns.insert(key, conn);
+            }
+            Command::Disconnect(key) => self.forget(key),
+            Command::Subscribe { key, events } => {
+                let Some(conn) = self.conns.get(&key) else {
+                    return;
+                };
+                let ns = self
+                    .namespaces
+                    .entry(conn.session.namespace.clone())
+                    .or_default();
+                for event in events {
+                    let subscribers = ns.subscribers.entry(event).or_default();
+                    subscribers.insert(key, conn.clone());
+                }
+            }
+            Command::Unsubscribe { key, events } => {
+                let Some(conn) = self.conns.get(&key) else {
+                    return;
+                };
+                if let Some(ns) = self.namespaces.get_mut(&conn.session.namespace) {
+                    for event in events {
+                        if let Some(subscribers) = ns.subscribers.get_mut(&event) {
+                            subscribers.remove(&key);
+                        }
+                    }
+                }
+            }
+            Command::Emit {
+                namespace,
+                event,
+                params,
+            } => self.emit(&namespace, &event, &params),
+            Command::Clients { namespace, reply } => {
+                let ids = self.namespaces.get(&namespace).map(|ns| {
+                    ns.clients
+                        .iter()
+                        .filter_map(|key| self.conns.get(key))
+                        .map(|conn| conn.session.socket_id.clone())
+                        .collect()
+                });
+                let _ = reply.send(ids.unwrap_or_default());
+            }
+            Command::CloseNamespace { namespace, done } => {
+                if let Some(ns) = self.namespaces.remove(&namespace) {
+                    for key in ns.clients {
+                        if let Some(conn) = self.conns.get(&key) {
+                            conn.close(&self.server, 1001, "namespace closed");
+                        }
+                    }
+                }
+                let _ = done.send(());
+            }
+            Command::Wake => {}
+            // Only one close() runs at a time; answer a stray one anyway.
+            Command::Shutdown { done } => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn forget(&mut self, key: u64) {
+        let Some(conn) = self.conns.remove(&key) else {
+            return;
+        };
+        if let Some(ns) = self.namespaces.get_mut(&conn.session.namespace) {
+            ns.clients.remove(&key);
+            for subscribers in ns.subscribers.values_mut() {
+                subscribers.remove(&key);
+            }
+        }
+    }
+
+    fn emit(&mut self, namespace: &str, event: &str, params: &Value) {
+        let Some(subscribers) = self
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.subscribers.get(event))
+            .filter(|s| !s.is_empty())
+        else {
+            return;
+        };
+        // Encoded once; every subscriber's frame shares the same bytes.
+        let text = Codec::Json.encode_event(event, params);
+        let frame = match Utf8Bytes::try_from(text) {
+            Ok(text) => Message::Text(text),
+            Err(e) => {
+                log::error!("event '{event}' did not encode as UTF-8: {e}");
+                return;
+            }
+        };
+        for conn in subscribers.values() {
+            if !conn.push(&self.server, Outgoing::Frame(frame.clone())) {
+                log::warn!(
+                    "client {} let its outgoing queue fill up; disconnecting it",
+                    conn.session.socket_id
+                );
+                conn.drop_connection(1008, "outgoing queue full");
+            }
+        }
+    }
+
+    /// A handler that has been running since the last scan holds up its connection's
+    /// next requests: hand the connection's reader to a new thread.
+    fn scan_for_slow_calls(&mut self) {
+        let mut busy = false;
+        for conn in self.conns.values() {
+            if !conn.in_handler() {
+                continue;
+            }
+            busy = true;
+            if conn.same_handler_as_last_scan()
+                && let Some(reader) = conn.take_reader()
+            {
+                log::debug!(
+                    "a slow handler holds client {}; reading on in a new thread",
+                    conn.session.socket_id
+                );
+                connection::resume(&self.server, conn.clone(), reader);
+            }
+        }
+        self.idle_scans = if busy { 0 } else { self.idle_scans + 1 };
+        if self.idle_scans >= IDLE_SCANS_BEFORE_SLEEP {
+            // Sleep until a connection starts a handler. Set the flag first, then look
+            // once more: a handler that started meanwhile either sees the flag (and
+            // wakes us) or is seen here.
+            let asleep = self.server.watch_asleep();
+            asleep.store(true, Ordering::SeqCst);
+            if self.conns.values().any(|c| c.in_handler()) {
+                asleep.store(false, Ordering::SeqCst);
+            }
+            self.idle_scans = 0;
+        }
+    }
+
+    /// Close every connection with 1001, give clients `close_timeout` to answer, then
+    /// drop whoever is left.
+    fn shutdown(&mut self) {
+        self.server.stop_registering();
+        // Connections that registered before the gate closed are queued: take them in.
+        while let Ok(command) = self.commands.try_recv() {
+            self.handle_while_closing(command);
+        }
+        for conn in self.conns.values() {
+            conn.close(&self.server, 1001, "server shutting down");
+        }
+        let deadline = Instant::now() + self.server.config().close_timeout;
+        while !self.conns.is_empty() {
+            match self.commands.recv_deadline(deadline) {
+                Ok(command) => self.handle_while_closing(command),
+                Err(_) => break,
+            }
+        }
+        for conn in self.conns.values() {
+            conn.drop_connection(1001, "server shutting down");
+        }
+    }
+
+    fn handle_while_closing(&mut self, command: Command) {
+        match command {
+            Command::Connect(conn) => {
+                conn.close(&self.server, 1001, "server shutting down");
+                self.conns.insert(conn.session.key, conn);
+            }
+            Command::Emit { .. } | Command::Subscribe { .. } | Command::Unsubscribe { .. } => {}
+            other => self.handle(other),
+        }
+    }
+}

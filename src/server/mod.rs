@@ -1,0 +1,364 @@
+//! The server: a listener thread, a thread per connection that reads requests and
+//! answers them itself, and one dispatcher thread that owns connections and
+//! subscriptions and fans events out.
+//!
+//! ```text
+//!  accept ──spawn──▶ connection thread ──reply──▶ socket
+//!                         │ (un)subscribe, connect, disconnect
+//!  emit() ───────────▶ dispatcher ──bounded queue──▶ writer thread ──event──▶ socket
+//! ```
+
+mod calls;
+mod config;
+mod connection;
+mod dispatcher;
+mod namespace;
+mod registry;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use config::{ConnectionInfo, DisconnectInfo, ServerBuilder, ServerConfig};
+pub use namespace::{EventHandle, MethodHandle, Namespace};
+
+use crate::error::{Error, RpcError};
+use crate::lock;
+use config::Hooks;
+use dispatcher::{Command, Dispatcher};
+use registry::Registry;
+
+/// What a handler knows about the call it serves.
+pub struct Context<'a> {
+    server: &'a Server,
+    socket_id: &'a str,
+    namespace: &'a str,
+    logged_in: bool,
+}
+
+impl Context<'_> {
+    /// The caller's socket id.
+    pub fn socket_id(&self) -> &str {
+        self.socket_id
+    }
+
+    /// The caller's namespace (its URL path).
+    pub fn namespace(&self) -> &str {
+        self.namespace
+    }
+
+    /// Whether the caller has logged in to its namespace.
+    pub fn is_logged_in(&self) -> bool {
+        self.logged_in
+    }
+
+    /// The server, to emit events or look at other namespaces from a handler.
+    pub fn server(&self) -> &Server {
+        self.server
+    }
+}
+
+/// A running rpc-websockets-compatible server. Cheap to clone: every clone is a handle
+/// to the same server.
+///
+/// ```
+/// use wsrpc::{Server, RpcError};
+///
+/// let server = Server::bind("127.0.0.1:0").unwrap();
+/// server.register("sum", |nums: Vec<f64>, _ctx| Ok::<_, RpcError>(nums.iter().sum::<f64>()));
+/// server.event("tick");
+/// server.emit("tick", 1).unwrap();
+/// server.close();
+/// ```
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: ServerConfig,
+    hooks: Hooks,
+    local_addr: SocketAddr,
+    registry: Registry,
+    commands: Sender<Command>,
+    closing: AtomicBool,
+    /// Set by the dispatcher when it stops watching for slow handlers; a connection that
+    /// starts one wakes it.
+    watch_asleep: AtomicBool,
+    next_key: AtomicU64,
+    /// Open while new connections may join the dispatcher's table; `close` shuts it.
+    registering: Mutex<bool>,
+    /// Every connection and writer thread holds a clone; `close` waits for all to drop.
+    threads: Mutex<Option<Sender<()>>>,
+    threads_done: Receiver<()>,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    acceptor: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
+}
+
+impl Server {
+    /// Start a server on `addr` with the default configuration.
+    pub fn bind(addr: impl ToSocketAddrs) -> Result<Server, Error> {
+        Server::builder().bind(addr)
+    }
+
+    /// A builder for config and lifecycle callbacks.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    fn start(builder: ServerBuilder, addr: impl ToSocketAddrs) -> Result<Server, Error> {
+        let listener = TcpListener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        let (server, commands) = Server::unstarted(builder, local_addr);
+        let dispatcher = thread::Builder::new().name("wsrpc-dispatch".into()).spawn({
+            let server = server.clone();
+            move || Dispatcher::new(server, commands).run()
+        })?;
+        let acceptor = thread::Builder::new().name("wsrpc-accept".into()).spawn({
+            let server = server.clone();
+            move || server.accept_loop(listener)
+        })?;
+        *lock(&server.shared.running) = Some(Running {
+            acceptor,
+            dispatcher,
+        });
+        log::info!("listening on {local_addr}");
+        if let Some(hook) = &server.shared.hooks.listening {
+            hook(&local_addr);
+        }
+        Ok(server)
+    }
+
+    fn unstarted(builder: ServerBuilder, local_addr: SocketAddr) -> (Server, Receiver<Command>) {
+        let (commands_tx, commands_rx) = crossbeam_channel::bounded(4096);
+        let (threads_tx, threads_rx) = crossbeam_channel::bounded(0);
+        let shared = Shared {
+            config: builder.config,
+            hooks: builder.hooks,
+            local_addr,
+            registry: Registry::default(),
+            commands: commands_tx,
+            closing: AtomicBool::new(false),
+            watch_asleep: AtomicBool::new(false),
+            next_key: AtomicU64::new(1),
+            registering: Mutex::new(true),
+            threads: Mutex::new(Some(threads_tx)),
+            threads_done: threads_rx,
+            running: Mutex::new(None),
+        };
+        let server = Server {
+            shared: Arc::new(shared),
+        };
+        (server, commands_rx)
+    }
+
+    /// A server with no threads, whose dispatcher commands the test reads itself.
+    #[cfg(test)]
+    pub(crate) fn detached() -> (Server, Receiver<Command>) {
+        Server::unstarted(ServerBuilder::default(), ([127, 0, 0, 1], 0).into())
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The namespace at URL path `path` (`"/chat"`; `""` is `"/"`), created if new.
+    pub fn namespace(&self, path: &str) -> Namespace {
+        Namespace::new(self.clone(), path)
+    }
+
+    fn root(&self) -> Namespace {
+        self.namespace("/")
+    }
+
+    /// Register a method in namespace `/`; see [`Namespace::register`].
+    pub fn register<P, R, F>(&self, name: &str, handler: F) -> MethodHandle
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(P, &Context<'_>) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        self.root().register(name, handler)
+    }
+
+    /// Declare an event in namespace `/`; see [`Namespace::event`].
+    pub fn event(&self, name: &str) -> EventHandle {
+        self.root().event(name)
+    }
+
+    /// Send an event of namespace `/` to its subscribers; see [`Namespace::emit`].
+    pub fn emit(&self, name: &str, value: impl Serialize) -> Result<(), Error> {
+        self.root().emit(name, value)
+    }
+
+    /// The events of namespace `/`.
+    pub fn event_list(&self) -> Vec<String> {
+        self.root().event_list()
+    }
+
+    /// Set the `rpc.login` handler of namespace `/`; see [`Namespace::set_auth`].
+    pub fn set_auth<P, F>(&self, handler: F)
+    where
+        P: DeserializeOwned,
+        F: Fn(P, &Context<'_>) -> Result<bool, RpcError> + Send + Sync + 'static,
+    {
+        self.root().set_auth(handler)
+    }
+
+    /// Socket ids of the clients connected to namespace `/`.
+    pub fn clients(&self) -> Vec<String> {
+        self.root().clients()
+    }
+
+    /// Stop: no new connections; every client gets a close frame with code 1001 (going
+    /// away) and up to [`ServerConfig::close_timeout`] to answer it; then every thread
+    /// is joined and the handlers are dropped. Handlers still running are waited for.
+    /// Calling it again does nothing. Do not call it from a handler: it would wait for
+    /// its own thread.
+    pub fn close(&self) {
+        let mut running = lock(&self.shared.running);
+        let Some(Running {
+            acceptor,
+            dispatcher,
+        }) = running.take()
+        else {
+            return;
+        };
+        self.shared.closing.store(true, Ordering::SeqCst);
+        // accept() only returns for a connection: make one.
+        let _ = TcpStream::connect(loopback(self.shared.local_addr));
+        let _ = acceptor.join();
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        self.dispatch(Command::Shutdown { done: done_tx });
+        let _ = done_rx.recv();
+        let _ = dispatcher.join();
+        lock(&self.shared.threads).take();
+        let _ = self.shared.threads_done.recv();
+        self.shared.registry.clear();
+        log::info!("server on {} closed", self.shared.local_addr);
+    }
+
+    fn accept_loop(&self, listener: TcpListener) {
+        for stream in listener.incoming() {
+            if self.shared.closing.load(Ordering::SeqCst) {
+                break;
+            }
+            match stream {
+                Ok(stream) => {
+                    let server = self.clone();
+                    let stack = self.shared.config.stack_size;
+                    if let Err(e) = self.spawn("wsrpc-conn", stack, move || {
+                        connection::serve(server, stream)
+                    }) {
+                        self.report(Error::Io(e));
+                    }
+                }
+                Err(e) => {
+                    self.report(Error::Io(e));
+                    // Out of file descriptors or similar: give the system a moment
+                    // instead of spinning on the same error.
+                    thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    pub(crate) fn hooks(&self) -> &Hooks {
+        &self.shared.hooks
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.shared.closing.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn next_key(&self) -> u64 {
+        self.shared.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn watch_asleep(&self) -> &AtomicBool {
+        &self.shared.watch_asleep
+    }
+
+    /// Hand a command to the dispatcher; after shutdown it is dropped.
+    pub(crate) fn dispatch(&self, command: Command) {
+        let _ = self.shared.commands.send(command);
+    }
+
+    /// Hand a new connection to the dispatcher, unless the server is shutting down.
+    pub(crate) fn register_connection(&self, conn: Arc<connection::Conn>) -> bool {
+        let open = lock(&self.shared.registering);
+        if *open {
+            self.dispatch(Command::Connect(conn));
+        }
+        *open
+    }
+
+    /// Close the gate of `register_connection` (the dispatcher does, when shutting down).
+    pub(crate) fn stop_registering(&self) {
+        *lock(&self.shared.registering) = false;
+    }
+
+    /// Like `dispatch`, but never blocks: for wake-ups that may be dropped.
+    pub(crate) fn try_dispatch(&self, command: Command) {
+        let _ = self.shared.commands.try_send(command);
+    }
+
+    /// Start a thread that `close` will wait for.
+    pub(crate) fn spawn(
+        &self,
+        name: &str,
+        stack_size: usize,
+        f: impl FnOnce() + Send + 'static,
+    ) -> io::Result<()> {
+        let token = lock(&self.shared.threads)
+            .clone()
+            .ok_or_else(|| io::Error::other("server is closed"))?;
+        thread::Builder::new()
+            .name(name.to_owned())
+            .stack_size(stack_size)
+            .spawn(move || {
+                let _token = token;
+                f()
+            })
+            .map(drop)
+    }
+
+    /// Log an error that concerns no single request and pass it to `on_error`.
+    pub(crate) fn report(&self, error: Error) {
+        log::warn!("{error}");
+        if let Some(hook) = &self.shared.hooks.error {
+            hook(&error);
+        }
+    }
+}
+
+/// The address to connect to in order to reach a listener bound to `addr`.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => addr.set_ip([127, 0, 0, 1].into()),
+            SocketAddr::V6(_) => addr.set_ip(std::net::Ipv6Addr::LOCALHOST.into()),
+        }
+    }
+    addr
+}

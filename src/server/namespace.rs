@@ -1,0 +1,234 @@
+//! The per-namespace API: methods, events, auth, clients.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::dispatcher::Command;
+use super::registry::RESERVED;
+use super::{Context, Server};
+use crate::error::{Error, RpcError, codes};
+use crate::protocol::{Codec, Params, event_params};
+
+/// One namespace of a server, chosen by the URL path clients connect to. Methods,
+/// events, login and clients of one namespace are invisible to the others.
+///
+/// ```
+/// use wsrpc::{Server, RpcError};
+/// let server = Server::bind("127.0.0.1:0").unwrap();
+/// let chat = server.namespace("/chat");
+/// chat.register("sum", |n: Vec<i64>, _| Ok::<_, RpcError>(n.iter().sum::<i64>()));
+/// chat.event("message");
+/// chat.emit("message", serde_json::json!({"text": "hi"})).unwrap();
+/// assert_eq!(chat.event_list(), ["message"]);
+/// server.close();
+/// ```
+#[derive(Clone)]
+pub struct Namespace {
+    server: Server,
+    path: Arc<str>,
+}
+
+impl Namespace {
+    pub(crate) fn new(server: Server, path: &str) -> Self {
+        let path: Arc<str> = match path {
+            "" => "/".into(),
+            p if p.starts_with('/') => p.into(),
+            p => format!("/{p}").into(),
+        };
+        server.registry().update(&path, |_| ());
+        Namespace { server, path }
+    }
+
+    /// The URL path of this namespace.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Register a method. The handler gets the params deserialized into `P` (a struct,
+    /// a tuple, a `Vec`, or `serde_json::Value` for anything; absent params read as
+    /// `null`, so `()` and `Option<T>` accept them) and returns a serializable value or
+    /// an [`RpcError`]. Params that do not fit `P` get `-32602 Invalid params`; a panic
+    /// gets `-32603 Internal error`. Registering a name again replaces the handler.
+    ///
+    /// ```
+    /// # let server = wsrpc::Server::bind("127.0.0.1:0").unwrap();
+    /// use wsrpc::RpcError;
+    /// #[derive(serde::Deserialize)]
+    /// struct Greet { name: String }
+    /// server.register("greet", |p: Greet, _| Ok::<_, RpcError>(format!("Hello, {}!", p.name)));
+    /// server.register("add", |(a, b): (i64, i64), _| Ok::<_, RpcError>(a + b));
+    /// server.register("whoami", |_: (), ctx| Ok::<_, RpcError>(ctx.socket_id().to_owned()));
+    /// server.register("admin", |_: (), _| Ok::<_, RpcError>("secret")).protected();
+    /// # server.close();
+    /// ```
+    ///
+    /// # Panics
+    /// If `name` is one of the protocol's own methods (`rpc.on`, `rpc.off`, `rpc.login`,
+    /// `__listMethods`).
+    pub fn register<P, R, F>(&self, name: &str, handler: F) -> MethodHandle
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(P, &Context<'_>) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        assert!(
+            !RESERVED.contains(&name),
+            "'{name}' is a built-in method of the protocol and cannot be registered"
+        );
+        let run = move |params: Params<'_>, ctx: &Context<'_>, codec: Codec| {
+            let result = handler(params.parse::<P>()?, ctx)?;
+            codec.encode_value(&result).map_err(|msg| {
+                RpcError::new(codes::INTERNAL_ERROR, "Internal error").with_data(msg)
+            })
+        };
+        self.server
+            .registry()
+            .update(&self.path, |t| t.add_method(name, Arc::new(run)));
+        MethodHandle {
+            ns: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Declare an event clients may subscribe to (`rpc.on`). Declaring it again returns
+    /// the same event.
+    pub fn event(&self, name: &str) -> EventHandle {
+        self.server
+            .registry()
+            .update(&self.path, |t| t.add_event(name));
+        EventHandle {
+            ns: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Send event `name` to the clients of this namespace that subscribed to it.
+    /// Arrays and objects are sent as the event's params as they are, anything else is
+    /// wrapped in an array (`5` is sent as `[5]`), and `()` as `[]`. The event is
+    /// encoded once, whatever the number of subscribers; a subscriber whose outgoing
+    /// queue is full is disconnected rather than allowed to hold up the others.
+    pub fn emit(&self, name: &str, value: impl Serialize) -> Result<(), Error> {
+        let value = serde_json::to_value(value).map_err(|e| Error::Codec(e.to_string()))?;
+        if self.server.is_closing() {
+            return Err(Error::Closed);
+        }
+        self.server.dispatch(Command::Emit {
+            namespace: self.path.to_string(),
+            event: name.to_owned(),
+            params: event_params(value),
+        });
+        Ok(())
+    }
+
+    /// The names of this namespace's events, in the order they were declared.
+    pub fn event_list(&self) -> Vec<String> {
+        self.server
+            .registry()
+            .namespace(&self.path)
+            .map(|t| t.event_names())
+            .unwrap_or_default()
+    }
+
+    /// Set the handler of `rpc.login`: it gets the login params as `P` and answers
+    /// whether they are good. `true` logs the connection in to this namespace, which
+    /// opens its protected methods and events to it.
+    ///
+    /// ```
+    /// # let server = wsrpc::Server::bind("127.0.0.1:0").unwrap();
+    /// #[derive(serde::Deserialize)]
+    /// struct Login { username: String, password: String }
+    /// server.set_auth(|l: Login, _| Ok(l.username == "foo" && l.password == "bar"));
+    /// # server.close();
+    /// ```
+    pub fn set_auth<P, F>(&self, handler: F)
+    where
+        P: DeserializeOwned,
+        F: Fn(P, &Context<'_>) -> Result<bool, RpcError> + Send + Sync + 'static,
+    {
+        let auth = move |params: Params<'_>, ctx: &Context<'_>| handler(params.parse::<P>()?, ctx);
+        self.server
+            .registry()
+            .update(&self.path, |t| t.set_auth(Arc::new(auth)));
+    }
+
+    /// Socket ids of the clients connected to this namespace now.
+    pub fn clients(&self) -> Vec<String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.server.dispatch(Command::Clients {
+            namespace: self.path.to_string(),
+            reply: tx,
+        });
+        rx.recv().unwrap_or_default()
+    }
+
+    /// Remove this namespace: its methods and events are forgotten, and its clients get
+    /// a close frame with code 1001 and the reason "namespace closed". Clients that
+    /// connect to the path later find an empty namespace.
+    pub fn close(&self) {
+        self.server.registry().remove(&self.path);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.server.dispatch(Command::CloseNamespace {
+            namespace: self.path.to_string(),
+            done: tx,
+        });
+        let _ = rx.recv();
+    }
+}
+
+/// A registered method, to make it protected (login required) or public again.
+#[must_use = "a handle does nothing unless protected() or public() is called"]
+pub struct MethodHandle {
+    ns: Namespace,
+    name: String,
+}
+
+impl MethodHandle {
+    /// Only logged-in clients may call it; others get `-32605 Method forbidden`.
+    pub fn protected(&self) -> &Self {
+        self.set(true)
+    }
+
+    /// Anyone may call it (the default).
+    pub fn public(&self) -> &Self {
+        self.set(false)
+    }
+
+    fn set(&self, protected: bool) -> &Self {
+        let name = &self.name;
+        self.ns
+            .server
+            .registry()
+            .update(&self.ns.path, |t| t.protect_method(name, protected));
+        self
+    }
+}
+
+/// A declared event, to make it protected (login required to subscribe) or public.
+#[must_use = "a handle does nothing unless protected() or public() is called"]
+pub struct EventHandle {
+    ns: Namespace,
+    name: String,
+}
+
+impl EventHandle {
+    /// Only logged-in clients may subscribe; others get `-32606 Event forbidden`.
+    pub fn protected(&self) -> &Self {
+        self.set(true)
+    }
+
+    /// Anyone may subscribe (the default).
+    pub fn public(&self) -> &Self {
+        self.set(false)
+    }
+
+    fn set(&self, protected: bool) -> &Self {
+        let name = &self.name;
+        self.ns
+            .server
+            .registry()
+            .update(&self.ns.path, |t| t.protect_event(name, protected));
+        self
+    }
+}

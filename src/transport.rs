@@ -1,0 +1,149 @@
+//! The socket shell shared by server and client: one `TcpStream`, read by exactly one
+//! thread at a time through a tungstenite reader, written by any thread through a
+//! [`Sink`] that keeps frames whole and honours the close handshake.
+//!
+//! tungstenite's `WebSocket` wants one owner for reading and writing; a reader blocked
+//! in `read` would then hold up every event sent to that peer. So the reader gets a
+//! [`ConnStream`] whose writes (pongs and close replies that tungstenite sends on its
+//! own) are forwarded into the sink, and everything we send goes through the sink's
+//! own writer context under a mutex.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use tungstenite::Message;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+
+use crate::lock;
+
+/// The write half of a connection.
+pub(crate) struct Sink {
+    stream: TcpStream,
+    writer: Mutex<Writer>,
+}
+
+struct Writer {
+    ctx: WebSocketContext,
+    /// A close frame was seen or queued: no more data frames (RFC 6455, 5.5.1).
+    closing: bool,
+    /// We sent our close frame: nothing at all may follow it.
+    close_sent: bool,
+}
+
+impl Sink {
+    pub(crate) fn new(stream: TcpStream, role: Role, config: WebSocketConfig) -> Self {
+        let config = config.write_buffer_size(0);
+        Sink {
+            stream,
+            writer: Mutex::new(Writer {
+                ctx: WebSocketContext::new(role, Some(config)),
+                closing: false,
+                close_sent: false,
+            }),
+        }
+    }
+
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Send one message; after a close frame it is dropped and `AlreadyClosed` returned.
+    pub(crate) fn send(&self, message: Message) -> Result<(), tungstenite::Error> {
+        let mut w = lock(&self.writer);
+        if w.closing {
+            return Err(tungstenite::Error::AlreadyClosed);
+        }
+        let mut stream = &self.stream;
+        w.ctx.write(&mut stream, message)?;
+        w.ctx.flush(&mut stream)
+    }
+
+    /// Start the close handshake with `code` and `reason` (once; later calls do nothing).
+    pub(crate) fn close(&self, code: u16, reason: &str) -> Result<(), tungstenite::Error> {
+        let mut w = lock(&self.writer);
+        if w.close_sent {
+            return Ok(());
+        }
+        w.closing = true;
+        w.close_sent = true;
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: truncate_reason(reason).into(),
+        };
+        w.ctx.close(&mut &self.stream, Some(frame))
+    }
+
+    /// The peer sent its close frame: our reader answers it; no data may follow.
+    pub(crate) fn peer_closed(&self) {
+        lock(&self.writer).closing = true;
+    }
+
+    /// Bytes the reader's tungstenite context wants sent (pongs, close replies); they
+    /// arrive as whole frames.
+    fn write_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        let w = lock(&self.writer);
+        if w.close_sent {
+            return Ok(());
+        }
+        (&self.stream).write_all(bytes)
+    }
+
+    /// Drop the TCP connection at once, waking a reader blocked on it.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// A close reason must fit a control frame: 123 bytes, cut on a character boundary.
+fn truncate_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+/// The stream the reader's tungstenite context owns: reads from the socket, writes
+/// through the sink.
+pub(crate) struct ConnStream(pub(crate) Arc<Sink>);
+
+impl Read for ConnStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.0.stream).read(buf)
+    }
+}
+
+impl Write for ConnStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_raw(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The close code and reason of a close frame, 1005 when it had none.
+pub(crate) fn close_info(frame: Option<&CloseFrame>) -> (u16, String) {
+    match frame {
+        Some(f) => (u16::from(f.code), f.reason.to_string()),
+        None => (1005, String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_to_fit_a_control_frame() {
+        assert_eq!(truncate_reason("short"), "short");
+        let long = "é".repeat(100);
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= 123 && cut.chars().all(|c| c == 'é'));
+    }
+}
