@@ -178,7 +178,6 @@ impl Namespace {
 }
 
 /// A registered method, to make it protected (login required) or public again.
-#[must_use = "a handle does nothing unless protected() or public() is called"]
 pub struct MethodHandle {
     ns: Namespace,
     name: String,
@@ -206,7 +205,6 @@ impl MethodHandle {
 }
 
 /// A declared event, to make it protected (login required to subscribe) or public.
-#[must_use = "a handle does nothing unless protected() or public() is called"]
 pub struct EventHandle {
     ns: Namespace,
     name: String,

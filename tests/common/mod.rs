@@ -1,0 +1,95 @@
+//! Helpers shared by the integration tests: the fixture server, a raw WebSocket client
+//! for exact frames, and waiting on a condition with a deadline.
+#![allow(dead_code)]
+
+pub mod fixture;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+use wsrpc::Server;
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The fixture server on a port the OS picks.
+pub fn start() -> Server {
+    start_with(Server::builder())
+}
+
+pub fn start_with(builder: wsrpc::ServerBuilder) -> Server {
+    let server = builder.bind("127.0.0.1:0").expect("bind on loopback");
+    fixture::install(&server);
+    server
+}
+
+/// `ws://127.0.0.1:PORT{path}`.
+pub fn url(server: &Server, path: &str) -> String {
+    format!("ws://{}{}", server.local_addr(), path)
+}
+
+/// Poll `condition` until it holds or `DEADLINE` passes; returns whether it held.
+pub fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    condition()
+}
+
+/// A bare WebSocket client that sends and reads frames as they are.
+pub struct Raw {
+    pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
+}
+
+impl Raw {
+    pub fn connect(url: &str) -> Raw {
+        let (ws, _) = tungstenite::connect(url).expect("websocket handshake");
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+        }
+        Raw { ws }
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).expect("send");
+    }
+
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws.send(Message::Binary(bytes.to_vec().into())).expect("send");
+    }
+
+    /// The next data frame, as text (binary frames are shown lossily).
+    pub fn recv_text(&mut self) -> String {
+        loop {
+            match self.ws.read().expect("a frame before the deadline") {
+                Message::Text(t) => return t.to_string(),
+                Message::Binary(b) => return String::from_utf8_lossy(&b).into_owned(),
+                Message::Close(c) => panic!("connection closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    pub fn recv(&mut self) -> Value {
+        serde_json::from_str(&self.recv_text()).expect("a JSON frame")
+    }
+
+    /// Send `frame` and read the reply.
+    pub fn request(&mut self, frame: &str) -> Value {
+        self.send_text(frame);
+        self.recv()
+    }
+
+    /// A call with params and id 1; returns the reply.
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let frame = serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1});
+        self.request(&frame.to_string())
+    }
+}
