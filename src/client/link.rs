@@ -36,12 +36,13 @@ pub(super) struct Target {
 
 impl Target {
     pub(super) fn new(url: &str, socket_id: Option<&str>, headers: &[(String, String)]) -> Self {
+        let url = with_path(url);
         let url = match socket_id {
             Some(id) => {
                 let sep = if url.contains('?') { '&' } else { '?' };
                 format!("{url}{sep}socket_id={}", percent_encode(id))
             }
-            None => url.to_owned(),
+            None => url,
         };
         Target {
             url,
@@ -59,6 +60,17 @@ impl Target {
             request.headers_mut().append(name, value);
         }
         Ok(request)
+    }
+}
+
+/// `ws://host:port?q` has no path, and an HTTP request line needs one: make it `/`.
+fn with_path(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    match rest.find(['/', '?', '#']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => url.to_owned(),
+        Some(i) => format!("{}/{}", &url[..authority_start + i], &rest[i..]),
+        None => format!("{url}/"),
     }
 }
 
@@ -81,10 +93,22 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>), Error> {
     let uri = request.uri();
     match uri.scheme_str() {
         Some("ws") => {}
-        Some("wss") => return Err(Error::InvalidUrl("wss:// needs TLS, which this build lacks".into())),
-        _ => return Err(Error::InvalidUrl(format!("{uri}: the scheme must be ws://"))),
+        Some("wss") => {
+            return Err(Error::InvalidUrl(
+                "wss:// needs TLS, which this build lacks".into(),
+            ));
+        }
+        _ => {
+            return Err(Error::InvalidUrl(format!(
+                "{uri}: the scheme must be ws://"
+            )));
+        }
     }
-    let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
     let mut last_error = Error::InvalidUrl(format!("{host}: no address"));
     let mut stream = None;
@@ -281,5 +305,9 @@ mod tests {
         assert_eq!(t.url, "ws://h:1/chat?socket_id=a%20b%2Fc");
         let t = Target::new("ws://h:1/?x=1", Some("id"), &[]);
         assert_eq!(t.url, "ws://h:1/?x=1&socket_id=id");
+        let t = Target::new("ws://h:1", Some("id"), &[]);
+        assert_eq!(t.url, "ws://h:1/?socket_id=id");
+        let t = Target::new("ws://h:1?x=1", None, &[]);
+        assert_eq!(t.url, "ws://h:1/?x=1");
     }
 }

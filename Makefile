@@ -1,0 +1,40 @@
+# The two commands: `make run` (a demo server and client) and `make test` (everything).
+CARGO ?= cargo
+NPM ?= npm
+NODE ?= node
+
+.PHONY: run test fmt-check clippy unit interop interop-deps bench clean
+
+run:
+	$(CARGO) run --example demo
+
+test: fmt-check clippy unit interop
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Unit tests, integration tests over loopback, and doc tests.
+unit:
+	$(CARGO) test
+
+# The pinned npm packages, installed from the committed lockfile.
+interop/node_modules/.package-lock.json: interop/package.json interop/package-lock.json
+	cd interop && $(NPM) ci --no-audit --no-fund
+
+interop-deps: interop/node_modules/.package-lock.json
+
+# The real rpc-websockets against wsrpc, both ways.
+interop: interop-deps
+	$(CARGO) build --example interop_server
+	cd interop && WSRPC_INTEROP_SERVER=../target/debug/examples/interop_server $(NODE) --test
+	$(CARGO) test --test interop_js_server -- --include-ignored
+
+bench: interop-deps
+	$(CARGO) run --release --example load -- --compare
+
+clean:
+	$(CARGO) clean
+	rm -rf interop/node_modules
