@@ -25,6 +25,7 @@ use link::Control;
 use reconnect::ReconnectPolicy;
 
 type EventCallback = Arc<dyn Fn(&Value) + Send + Sync>;
+type Callback<T> = Option<Arc<dyn Fn(&T) + Send + Sync>>;
 
 /// How a connection of the client ended: given to [`ClientBuilder::on_close`].
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +42,8 @@ pub struct CloseInfo {
 #[derive(Default)]
 struct Hooks {
     open: Option<Arc<dyn Fn() + Send + Sync>>,
-    close: Option<Arc<dyn Fn(&CloseInfo) + Send + Sync>>,
-    error: Option<Arc<dyn Fn(&Error) + Send + Sync>>,
+    close: Callback<CloseInfo>,
+    error: Callback<Error>,
 }
 
 /// Options of a [`Client`], named as in rpc-websockets.
@@ -193,8 +194,7 @@ impl ClientBuilder {
             .spawn(move || {
                 let _alive = io_alive;
                 link::run(io, control_rx, autoconnect)
-            })
-        {
+            }) {
             Ok(handle) => *lock(&inner.io_thread) = Some(handle),
             Err(e) => log::error!("could not start the client's I/O thread: {e}"),
         }
@@ -384,7 +384,9 @@ impl Client {
     /// [`Error::AuthFailed`]. After a reconnect the client logs in again by itself.
     pub fn login(&self, params: impl Serialize) -> Result<Value, Error> {
         let params = to_params(params)?;
-        let result = self.inner.call("rpc.login", params.clone(), self.inner.timeout)?;
+        let result = self
+            .inner
+            .call("rpc.login", params.clone(), self.inner.timeout)?;
         if matches!(result, Value::Null | Value::Bool(false)) {
             return Err(Error::AuthFailed);
         }

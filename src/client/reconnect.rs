@@ -34,9 +34,15 @@ mod tests {
         assert_eq!(p.delay(1), Some(Duration::from_millis(10)));
         assert_eq!(p.delay(2), Some(Duration::from_millis(10)));
         assert_eq!(p.delay(3), None);
-        let forever = ReconnectPolicy { max_attempts: 0, ..p };
+        let forever = ReconnectPolicy {
+            max_attempts: 0,
+            ..p
+        };
         assert!(forever.delay(1_000_000).is_some());
-        let off = ReconnectPolicy { enabled: false, ..p };
+        let off = ReconnectPolicy {
+            enabled: false,
+            ..p
+        };
         assert_eq!(off.delay(1), None);
     }
 }

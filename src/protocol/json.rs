@@ -89,7 +89,7 @@ fn validate(envelope: Envelope<'_>) -> Item<'_> {
             Err(_) => return Err(invalid_request(None, Some("Invalid id"))),
         },
     };
-    let version = envelope.jsonrpc.and_then(|raw| json_str(raw));
+    let version = envelope.jsonrpc.and_then(json_str);
     if version.as_deref() != Some("2.0") {
         return Err(invalid_request(id, Some("Invalid JSON RPC version")));
     }
@@ -390,7 +390,16 @@ mod tests {
         };
         assert_eq!(items.len(), 3);
         assert_eq!(items[0].as_ref().unwrap().method, "a");
-        assert_eq!(items[1].as_ref().unwrap_err().outcome.as_ref().unwrap_err().code, -32600);
+        assert_eq!(
+            items[1]
+                .as_ref()
+                .unwrap_err()
+                .outcome
+                .as_ref()
+                .unwrap_err()
+                .code,
+            -32600
+        );
         assert_eq!(items[2].as_ref().unwrap().id, None);
     }
 
@@ -402,7 +411,10 @@ mod tests {
         };
         let out = encode_replies(std::slice::from_ref(&ok), false);
         assert_eq!(out, br#"{"jsonrpc":"2.0","result":8,"id":1}"#);
-        let err = Reply::error(Some(Id::from(1)), RpcError::standard(codes::METHOD_NOT_FOUND));
+        let err = Reply::error(
+            Some(Id::from(1)),
+            RpcError::standard(codes::METHOD_NOT_FOUND),
+        );
         let out = encode_replies(std::slice::from_ref(&err), false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -451,7 +463,10 @@ mod tests {
             br#"{"jsonrpc":"2.0","error":{"code":-32050,"message":"Server error","data":"d"},"id":2}"#,
         )
         .unwrap();
-        let ServerMessage::Reply { outcome: Err(e), .. } = &msgs[0] else {
+        let ServerMessage::Reply {
+            outcome: Err(e), ..
+        } = &msgs[0]
+        else {
             panic!("expected an error reply")
         };
         assert_eq!((e.code, e.data.clone()), (-32050, Some(json!("d"))));

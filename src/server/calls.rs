@@ -111,9 +111,9 @@ fn refused(code: i64) -> Failure {
 }
 
 fn encode<T: serde::Serialize>(codec: Codec, value: &T) -> Result<Encoded, Failure> {
-    codec.encode_value(value).map_err(|msg| {
-        Failure::Failed(RpcError::standard(codes::INTERNAL_ERROR).with_data(msg))
-    })
+    codec
+        .encode_value(value)
+        .map_err(|msg| Failure::Failed(RpcError::standard(codes::INTERNAL_ERROR).with_data(msg)))
 }
 
 fn context<'a>(server: &'a Server, session: &'a Session) -> Context<'a> {
@@ -209,7 +209,9 @@ fn login(
     if params.is_absent() {
         return Err(refused(codes::PARAMS_NOT_FOUND));
     }
-    let auth = table.auth().ok_or_else(|| refused(codes::METHOD_NOT_FOUND))?;
+    let auth = table
+        .auth()
+        .ok_or_else(|| refused(codes::METHOD_NOT_FOUND))?;
     let ctx = context(server, session);
     let accepted = guarded("rpc.login", || auth(params, &ctx))?;
     if accepted {
@@ -283,7 +285,10 @@ mod tests {
                 "fail",
                 Arc::new(|_, _, _| Err(RpcError::new(-32050, "Server error").with_data("d"))),
             );
-            t.add_method("secret", Arc::new(|_, _, c| Ok(c.encode_value("boohoo").unwrap())));
+            t.add_method(
+                "secret",
+                Arc::new(|_, _, c| Ok(c.encode_value("boohoo").unwrap())),
+            );
             t.protect_method("secret", true);
             t.add_event("news");
             t.add_event("vault");
@@ -305,7 +310,13 @@ mod tests {
     impl Fixture {
         fn send(&self, frame: &str) -> Option<Value> {
             let table = self.registry.namespace("/").unwrap();
-            let out = handle_frame(&self.server, &self.session, &table, Codec::Json, frame.as_bytes());
+            let out = handle_frame(
+                &self.server,
+                &self.session,
+                &table,
+                Codec::Json,
+                frame.as_bytes(),
+            );
             out.map(|bytes| serde_json::from_slice(&bytes).unwrap())
         }
 
@@ -318,13 +329,19 @@ mod tests {
     #[test]
     fn a_call_gets_its_result() {
         let f = fixture();
-        assert_eq!(f.call("sum", json!([5, 3])), json!({"jsonrpc": "2.0", "result": 8.0, "id": 1}));
+        assert_eq!(
+            f.call("sum", json!([5, 3])),
+            json!({"jsonrpc": "2.0", "result": 8.0, "id": 1})
+        );
     }
 
     #[test]
     fn unknown_method_is_method_not_found() {
         let f = fixture();
-        assert_eq!(f.call("nope", json!([]))["error"], json!({"code": -32601, "message": "Method not found"}));
+        assert_eq!(
+            f.call("nope", json!([]))["error"],
+            json!({"code": -32601, "message": "Method not found"})
+        );
     }
 
     #[test]
@@ -353,16 +370,25 @@ mod tests {
     #[test]
     fn notifications_get_no_reply_but_refusals_do() {
         let f = fixture();
-        assert_eq!(f.send(r#"{"jsonrpc":"2.0","method":"sum","params":[1]}"#), None);
+        assert_eq!(
+            f.send(r#"{"jsonrpc":"2.0","method":"sum","params":[1]}"#),
+            None
+        );
         assert_eq!(f.send(r#"{"jsonrpc":"2.0","method":"fail"}"#), None);
         let reply = f.send(r#"{"jsonrpc":"2.0","method":"nope"}"#).unwrap();
-        assert_eq!((reply["error"]["code"].clone(), reply["id"].clone()), (json!(-32601), Value::Null));
+        assert_eq!(
+            (reply["error"]["code"].clone(), reply["id"].clone()),
+            (json!(-32601), Value::Null)
+        );
     }
 
     #[test]
     fn protected_method_needs_login() {
         let f = fixture();
-        assert_eq!(f.call("secret", Value::Null)["error"], json!({"code": -32605, "message": "Method forbidden"}));
+        assert_eq!(
+            f.call("secret", Value::Null)["error"],
+            json!({"code": -32605, "message": "Method forbidden"})
+        );
         assert_eq!(f.call("rpc.login", json!({"user": "bar"}))["result"], false);
         assert_eq!(f.call("secret", Value::Null)["error"]["code"], -32605);
         assert_eq!(f.call("rpc.login", json!({"user": "foo"}))["result"], true);
@@ -372,42 +398,63 @@ mod tests {
     #[test]
     fn login_without_params_is_params_not_found() {
         let f = fixture();
-        assert_eq!(f.call("rpc.login", Value::Null)["error"], json!({"code": -32604, "message": "Params not found"}));
+        assert_eq!(
+            f.call("rpc.login", Value::Null)["error"],
+            json!({"code": -32604, "message": "Params not found"})
+        );
     }
 
     #[test]
     fn subscribe_answers_per_event_and_tells_the_dispatcher() {
         let f = fixture();
         let result = &f.call("rpc.on", json!(["news", "nope"]))["result"];
-        assert_eq!(result, &json!({"news": "ok", "nope": "provided event invalid"}));
+        assert_eq!(
+            result,
+            &json!({"news": "ok", "nope": "provided event invalid"})
+        );
         match f.commands.try_recv() {
             Ok(Command::Subscribe { key: 1, events }) => assert_eq!(events, ["news"]),
             _ => panic!("the dispatcher was not told"),
         }
         let again = &f.call("rpc.on", json!(["news"]))["result"];
-        assert_eq!(again, &json!({"news": "socket has already been subscribed to event"}));
+        assert_eq!(
+            again,
+            &json!({"news": "socket has already been subscribed to event"})
+        );
         let off = &f.call("rpc.off", json!(["news", "news", "nope"]))["result"];
-        assert_eq!(off, &json!({"news": "not subscribed", "nope": "provided event invalid"}));
+        assert_eq!(
+            off,
+            &json!({"news": "not subscribed", "nope": "provided event invalid"})
+        );
     }
 
     #[test]
     fn subscribe_without_params_is_event_not_provided() {
         let f = fixture();
         for method in ["rpc.on", "rpc.off"] {
-            assert_eq!(f.call(method, Value::Null)["error"], json!({"code": -32000, "message": "Event not provided"}));
+            assert_eq!(
+                f.call(method, Value::Null)["error"],
+                json!({"code": -32000, "message": "Event not provided"})
+            );
         }
     }
 
     #[test]
     fn object_params_to_rpc_on_are_invalid_params() {
         let f = fixture();
-        assert_eq!(f.call("rpc.on", json!({"news": 1}))["error"]["code"], -32602);
+        assert_eq!(
+            f.call("rpc.on", json!({"news": 1}))["error"]["code"],
+            -32602
+        );
     }
 
     #[test]
     fn a_forbidden_event_subscribes_nothing() {
         let f = fixture();
-        assert_eq!(f.call("rpc.on", json!(["news", "vault"]))["error"], json!({"code": -32606, "message": "Event forbidden"}));
+        assert_eq!(
+            f.call("rpc.on", json!(["news", "vault"]))["error"],
+            json!({"code": -32606, "message": "Event forbidden"})
+        );
         assert!(f.commands.try_recv().is_err());
         assert_eq!(f.call("rpc.on", json!(["news"]))["result"]["news"], "ok");
     }
@@ -416,7 +463,17 @@ mod tests {
     fn list_methods_names_everything() {
         let f = fixture();
         let names = f.call("__listMethods", Value::Null)["result"].clone();
-        assert_eq!(names, json!(["__listMethods", "sum", "boom", "fail", "secret", "rpc.login"]));
+        assert_eq!(
+            names,
+            json!([
+                "__listMethods",
+                "sum",
+                "boom",
+                "fail",
+                "secret",
+                "rpc.login"
+            ])
+        );
     }
 
     #[test]
@@ -433,6 +490,9 @@ mod tests {
         assert_eq!(reply[0]["id"], "a");
         assert_eq!(reply[1]["error"]["code"], -32601);
         assert_eq!(reply.as_array().unwrap().len(), 2);
-        assert_eq!(f.send(r#"[{"jsonrpc":"2.0","method":"sum","params":[1]}]"#), None);
+        assert_eq!(
+            f.send(r#"[{"jsonrpc":"2.0","method":"sum","params":[1]}]"#),
+            None
+        );
     }
 }

@@ -170,10 +170,7 @@ impl ServerBuilder {
     }
 
     /// Called when a connection has ended, with its close code.
-    pub fn on_disconnection(
-        mut self,
-        f: impl Fn(&DisconnectInfo) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on_disconnection(mut self, f: impl Fn(&DisconnectInfo) + Send + Sync + 'static) -> Self {
         self.hooks.disconnection = Some(Arc::new(f));
         self
     }
@@ -206,16 +203,14 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }

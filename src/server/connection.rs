@@ -19,11 +19,11 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
+use super::Server;
 use super::calls::{self, Session};
 use super::config::{ConnectionInfo, DisconnectInfo, query_param};
 use super::dispatcher::Command;
 use super::registry::View;
-use super::Server;
 use crate::error::Error;
 use crate::lock;
 use crate::protocol::{Codec, json};
@@ -177,6 +177,8 @@ pub(crate) fn serve(server: Server, stream: TcpStream) {
     }
     let sink = Arc::new(Sink::new(stream, Role::Server, config.websocket()));
     let mut info = None;
+    // tungstenite's callback type fixes the (large) error response type.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
         let found = request_info(request, peer_addr);
         let refused = server.config().refuse_unknown_namespaces
@@ -209,7 +211,11 @@ pub(crate) fn serve(server: Server, stream: TcpStream) {
     if sink.stream().set_read_timeout(None).is_err() {
         return;
     }
-    let session = Session::new(server.next_key(), info.socket_id.clone(), info.namespace.clone());
+    let session = Session::new(
+        server.next_key(),
+        info.socket_id.clone(),
+        info.namespace.clone(),
+    );
     let conn = Arc::new(Conn::new(session, sink, config.outgoing_queue));
     if !server.register_connection(conn.clone()) {
         let _ = conn.sink.close(1001, "server shutting down");
@@ -236,7 +242,12 @@ fn request_info(request: &Request, peer_addr: Option<std::net::SocketAddr>) -> C
     let headers = request
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     ConnectionInfo {
         socket_id,
@@ -358,9 +369,15 @@ fn finish(
         other => Some((1011, other.to_string())),
     };
     if let Some((code, reason)) = &refusal {
-        log::warn!("closing client {} ({code}): {reason}", conn.session.socket_id);
+        log::warn!(
+            "closing client {} ({code}): {reason}",
+            conn.session.socket_id
+        );
         let _ = conn.sink.close(*code, reason);
-        server.report(Error::Protocol(format!("client {}: {reason}", conn.session.socket_id)));
+        server.report(Error::Protocol(format!(
+            "client {}: {reason}",
+            conn.session.socket_id
+        )));
     }
     conn.finished.store(true, Ordering::SeqCst);
     let _ = conn.outbox.try_send(Outgoing::Stop);
@@ -371,7 +388,10 @@ fn finish(
         .or(refusal)
         .or(peer_close)
         .unwrap_or((1006, String::new()));
-    log::debug!("client {} disconnected ({code} {reason})", conn.session.socket_id);
+    log::debug!(
+        "client {} disconnected ({code} {reason})",
+        conn.session.socket_id
+    );
     if let Some(hook) = &server.hooks().disconnection {
         hook(&DisconnectInfo {
             socket_id: conn.session.socket_id.clone(),

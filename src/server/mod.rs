@@ -120,10 +120,12 @@ impl Server {
         let listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
         let (server, commands) = Server::unstarted(builder, local_addr);
-        let dispatcher = thread::Builder::new().name("wsrpc-dispatch".into()).spawn({
-            let server = server.clone();
-            move || Dispatcher::new(server, commands).run()
-        })?;
+        let dispatcher = thread::Builder::new()
+            .name("wsrpc-dispatch".into())
+            .spawn({
+                let server = server.clone();
+                move || Dispatcher::new(server, commands).run()
+            })?;
         let acceptor = thread::Builder::new().name("wsrpc-accept".into()).spawn({
             let server = server.clone();
             move || server.accept_loop(listener)

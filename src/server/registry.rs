@@ -199,7 +199,10 @@ mod tests {
         registry.update("/", |t| t.set_auth(Arc::new(|_, _| Ok(true))));
         registry.update("/", |t| t.add_method("b", nop()));
         let table = registry.namespace("/").unwrap();
-        assert_eq!(table.method_names(), ["__listMethods", "b", "a", "rpc.login"]);
+        assert_eq!(
+            table.method_names(),
+            ["__listMethods", "b", "a", "rpc.login"]
+        );
     }
 
     #[test]
