@@ -35,7 +35,8 @@ struct Writer {
 
 impl Sink {
     pub(crate) fn new(stream: TcpStream, role: Role, config: WebSocketConfig) -> Self {
-        let config = config.write_buffer_size(0);
+        // This context only writes: no read buffer, and every frame goes out at once.
+        let config = config.write_buffer_size(0).read_buffer_size(0);
         Sink {
             stream,
             writer: Mutex::new(Writer {

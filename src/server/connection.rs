@@ -10,7 +10,7 @@
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,8 +47,12 @@ pub(crate) enum Outgoing {
 pub(crate) struct Conn {
     pub session: Session,
     pub sink: Arc<Sink>,
+    /// Unbounded so that an idle connection holds no preallocated slots (a bounded
+    /// crossbeam channel of 1024 allocates 64 KiB up front); `queued` enforces the bound.
     outbox: Sender<Outgoing>,
     inbox: Receiver<Outgoing>,
+    queued: AtomicUsize,
+    capacity: usize,
     writer_running: AtomicBool,
     finished: AtomicBool,
     /// The reader, while the thread that owns it runs a handler.
@@ -63,12 +67,14 @@ pub(crate) struct Conn {
 
 impl Conn {
     fn new(session: Session, sink: Arc<Sink>, queue: usize) -> Self {
-        let (outbox, inbox) = crossbeam_channel::bounded(queue.max(1));
+        let (outbox, inbox) = crossbeam_channel::unbounded();
         Conn {
             session,
             sink,
             outbox,
             inbox,
+            queued: AtomicUsize::new(0),
+            capacity: queue.max(1),
             writer_running: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             reader_slot: Mutex::new(None),
@@ -83,9 +89,11 @@ impl Conn {
         if self.finished.load(Ordering::SeqCst) {
             return true;
         }
-        if self.outbox.try_send(item).is_err() {
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
+        let _ = self.outbox.send(item);
         if !self.writer_running.swap(true, Ordering::SeqCst) {
             let conn = self.clone();
             if let Err(e) = server.spawn("wsrpc-writer", WRITER_STACK, move || conn.write_loop()) {
@@ -99,7 +107,11 @@ impl Conn {
 
     fn write_loop(&self) {
         loop {
-            match self.inbox.recv_timeout(WRITER_IDLE) {
+            let next = self.inbox.recv_timeout(WRITER_IDLE);
+            if next.is_ok() {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+            match next {
                 Ok(Outgoing::Frame(message)) => {
                     let _ = self.sink.send(message);
                 }
@@ -380,7 +392,8 @@ fn finish(
         )));
     }
     conn.finished.store(true, Ordering::SeqCst);
-    let _ = conn.outbox.try_send(Outgoing::Stop);
+    conn.queued.fetch_add(1, Ordering::SeqCst);
+    let _ = conn.outbox.send(Outgoing::Stop);
     conn.sink.shutdown();
     server.dispatch(Command::Disconnect(conn.session.key));
     let (code, reason) = lock(&conn.dropped_for)
