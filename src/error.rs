@@ -157,6 +157,29 @@ pub enum Error {
     Io(std::io::Error),
 }
 
+impl Error {
+    /// An equal error for a second receiver (`io::Error` cannot be cloned: its kind and
+    /// text are kept).
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Rpc(e) => Error::Rpc(e.clone()),
+            Error::Timeout => Error::Timeout,
+            Error::NotConnected => Error::NotConnected,
+            Error::ConnectionLost => Error::ConnectionLost,
+            Error::Closed => Error::Closed,
+            Error::Subscribe { event, reason } => Error::Subscribe {
+                event: event.clone(),
+                reason: reason.clone(),
+            },
+            Error::AuthFailed => Error::AuthFailed,
+            Error::InvalidUrl(s) => Error::InvalidUrl(s.clone()),
+            Error::Codec(s) => Error::Codec(s.clone()),
+            Error::Protocol(s) => Error::Protocol(s.clone()),
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -148,6 +148,8 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
             Some(at) => control.recv_deadline(at),
         };
         match wait {
+            // An `open` that was answered by an earlier attempt: keep the schedule.
+            Ok(Control::Open) if lock(&inner.state).waiting.is_empty() => continue,
             Ok(Control::Open) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Control::Close) | Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -176,7 +178,7 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
             Err(e) => {
                 let waiting = std::mem::take(&mut lock(&inner.state).waiting);
                 for waiter in waiting {
-                    let _ = waiter.send(Err(e.to_string()));
+                    let _ = waiter.send(Err(e.duplicate()));
                 }
                 let _ = inner.jobs.send(Job::Error(e));
                 next_attempt = schedule(&inner, &mut retries, 1006);
@@ -200,7 +202,7 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
     }
     let waiting = std::mem::take(&mut lock(&inner.state).waiting);
     for waiter in waiting {
-        let _ = waiter.send(Err("the client is closed".into()));
+        let _ = waiter.send(Err(Error::Closed));
     }
 }
 

@@ -173,6 +173,7 @@ impl ClientBuilder {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             subscriptions: Mutex::new(HashMap::new()),
+            subscribing: Mutex::new(()),
             login: Mutex::new(None),
             closed: AtomicBool::new(false),
             control: control_tx,
@@ -243,6 +244,8 @@ struct Inner {
     state: Mutex<State>,
     next_id: AtomicU64,
     subscriptions: Mutex<HashMap<String, Vec<EventCallback>>>,
+    /// Held while `subscribe` / `unsubscribe` talk to the server.
+    subscribing: Mutex<()>,
     /// The params of the last successful login, to log in again after a reconnect.
     login: Mutex<Option<Value>>,
     closed: AtomicBool,
@@ -260,7 +263,7 @@ struct State {
     sink: Option<Arc<Sink>>,
     pending: HashMap<u64, Sender<Result<Value, Error>>>,
     /// Callers of `open` waiting for the outcome of the next attempt.
-    waiting: Vec<Sender<Result<(), String>>>,
+    waiting: Vec<Sender<Result<(), Error>>>,
 }
 
 /// Work for the callback thread.
@@ -296,11 +299,7 @@ impl Client {
             state.waiting.push(tx);
         }
         let _ = self.inner.control.send(Control::Open);
-        match rx.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(Error::Protocol(msg)),
-            Err(_) => Err(Error::Closed),
-        }
+        rx.recv().unwrap_or(Err(Error::Closed))
     }
 
     /// Whether a connection is open now.
@@ -349,6 +348,9 @@ impl Client {
         event: &str,
         callback: impl Fn(&Value) + Send + Sync + 'static,
     ) -> Result<(), Error> {
+        // One subscription change at a time: a second callback for an event must not
+        // be told "ok" before the server has said so for the first.
+        let _one_at_a_time = lock(&self.inner.subscribing);
         let first = {
             let mut subs = lock(&self.inner.subscriptions);
             let list = subs.entry(event.to_owned()).or_default();
@@ -367,6 +369,7 @@ impl Client {
 
     /// Drop every callback of `event` and unsubscribe from it.
     pub fn unsubscribe(&self, event: &str) -> Result<(), Error> {
+        let _one_at_a_time = lock(&self.inner.subscribing);
         if lock(&self.inner.subscriptions).remove(event).is_none() {
             return Ok(());
         }

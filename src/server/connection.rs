@@ -55,12 +55,15 @@ pub(crate) struct Conn {
     capacity: usize,
     writer_running: AtomicBool,
     finished: AtomicBool,
-    /// The reader, while the thread that owns it runs a handler.
+    /// The reader, while the thread that owns it runs a handler. Whichever thread
+    /// finishes a handler first takes it back and reads on; the others end.
     reader_slot: Mutex<Option<Reader>>,
-    /// Odd while a handler runs; counts up by one at each start and each end.
-    handler_seq: AtomicU64,
-    /// `handler_seq` as the dispatcher's last scan saw it (only the dispatcher uses it).
-    seen_seq: AtomicU64,
+    /// Whether the reader is parked (a hint for the watch: it may lag for an instant).
+    parked: AtomicBool,
+    /// Counts parks, so the watch can tell one long handler from several short ones.
+    park_epoch: AtomicU64,
+    /// `park_epoch` as the dispatcher's last scan saw it (only the dispatcher uses it).
+    seen_epoch: AtomicU64,
     /// Why the server dropped the connection, if it did.
     dropped_for: Mutex<Option<(u16, String)>>,
 }
@@ -78,8 +81,9 @@ impl Conn {
             writer_running: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             reader_slot: Mutex::new(None),
-            handler_seq: AtomicU64::new(0),
-            seen_seq: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            park_epoch: AtomicU64::new(0),
+            seen_epoch: AtomicU64::new(0),
             dropped_for: Mutex::new(None),
         }
     }
@@ -148,13 +152,13 @@ impl Conn {
     }
 
     pub(crate) fn in_handler(&self) -> bool {
-        self.handler_seq.load(Ordering::SeqCst) % 2 == 1
+        self.parked.load(Ordering::SeqCst)
     }
 
-    /// Whether the handler running now is the one the previous scan saw.
+    /// Whether the reader has stayed parked by the same handler since the last scan.
     pub(crate) fn same_handler_as_last_scan(&self) -> bool {
-        let now = self.handler_seq.load(Ordering::SeqCst);
-        self.seen_seq.swap(now, Ordering::Relaxed) == now
+        let now = self.park_epoch.load(Ordering::SeqCst);
+        self.seen_epoch.swap(now, Ordering::Relaxed) == now
     }
 
     /// The parked reader, unless its thread is putting it back right now.
@@ -164,7 +168,8 @@ impl Conn {
 
     fn park(&self, server: &Server, reader: Reader) {
         *lock(&self.reader_slot) = Some(reader);
-        self.handler_seq.fetch_add(1, Ordering::SeqCst);
+        self.park_epoch.fetch_add(1, Ordering::SeqCst);
+        self.parked.store(true, Ordering::SeqCst);
         let asleep = server.watch_asleep();
         if asleep.load(Ordering::SeqCst) && asleep.swap(false, Ordering::SeqCst) {
             server.try_dispatch(Command::Wake);
@@ -173,19 +178,46 @@ impl Conn {
 
     /// The reader back, or `None` if another thread now reads for this connection.
     fn unpark(&self) -> Option<Reader> {
-        self.handler_seq.fetch_add(1, Ordering::SeqCst);
+        self.parked.store(false, Ordering::SeqCst);
         lock(&self.reader_slot).take()
     }
 }
 
 /// Serve one accepted TCP connection on the calling thread until it ends.
 pub(crate) fn serve(server: Server, stream: TcpStream) {
+    let key = server.next_key();
+    if !server.handshake_started(key, &stream) {
+        return;
+    }
+    let opened = open(&server, key, stream);
+    server.handshake_ended(key);
+    let Some((conn, reader, info)) = opened else {
+        return;
+    };
+    if !server.register_connection(conn.clone()) {
+        let _ = conn.sink.close(1001, "server shutting down");
+        conn.sink.shutdown();
+        return;
+    }
+    log::debug!("client {} connected to {}", info.socket_id, info.namespace);
+    if let Some(hook) = &server.hooks().connection {
+        hook(&info);
+    }
+    read_loop(server, conn, reader);
+}
+
+/// The WebSocket handshake, within `handshake_timeout`.
+fn open(
+    server: &Server,
+    key: u64,
+    stream: TcpStream,
+) -> Option<(Arc<Conn>, Reader, ConnectionInfo)> {
     let peer_addr = stream.peer_addr().ok();
     let config = server.config().clone();
     let _ = stream.set_nodelay(true);
     if let Err(e) = stream.set_read_timeout(Some(config.handshake_timeout)) {
         log::debug!("could not set the handshake timeout: {e}");
-        return;
+        return None;
     }
     let sink = Arc::new(Sink::new(stream, Role::Server, config.websocket()));
     let mut info = None;
@@ -216,29 +248,14 @@ pub(crate) fn serve(server: Server, stream: TcpStream) {
             if let Some(hook) = &server.hooks().error {
                 hook(&e);
             }
-            return;
+            return None;
         }
     };
-    let Some(info) = info else { return };
-    if sink.stream().set_read_timeout(None).is_err() {
-        return;
-    }
-    let session = Session::new(
-        server.next_key(),
-        info.socket_id.clone(),
-        info.namespace.clone(),
-    );
+    let info = info?;
+    sink.stream().set_read_timeout(None).ok()?;
+    let session = Session::new(key, info.socket_id.clone(), info.namespace.clone());
     let conn = Arc::new(Conn::new(session, sink, config.outgoing_queue));
-    if !server.register_connection(conn.clone()) {
-        let _ = conn.sink.close(1001, "server shutting down");
-        conn.sink.shutdown();
-        return;
-    }
-    log::debug!("client {} connected to {}", info.socket_id, info.namespace);
-    if let Some(hook) = &server.hooks().connection {
-        hook(&info);
-    }
-    read_loop(server, conn, reader);
+    Some((conn, reader, info))
 }
 
 fn request_info(request: &Request, peer_addr: Option<std::net::SocketAddr>) -> ConnectionInfo {

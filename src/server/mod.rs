@@ -15,6 +15,7 @@ mod dispatcher;
 mod namespace;
 mod registry;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -94,6 +95,9 @@ struct Shared {
     next_key: AtomicU64,
     /// Open while new connections may join the dispatcher's table; `close` shuts it.
     registering: Mutex<bool>,
+    /// Connections still in their handshake (unknown to the dispatcher), so `close`
+    /// can cut them off; `None` once closing.
+    handshaking: Mutex<Option<HashMap<u64, TcpStream>>>,
     /// Every connection and writer thread holds a clone; `close` waits for all to drop.
     threads: Mutex<Option<Sender<()>>>,
     threads_done: Receiver<()>,
@@ -154,6 +158,7 @@ impl Server {
             watch_asleep: AtomicBool::new(false),
             next_key: AtomicU64::new(1),
             registering: Mutex::new(true),
+            handshaking: Mutex::new(Some(HashMap::new())),
             threads: Mutex::new(Some(threads_tx)),
             threads_done: threads_rx,
             running: Mutex::new(None),
@@ -241,6 +246,9 @@ impl Server {
         // accept() only returns for a connection: make one.
         let _ = TcpStream::connect(loopback(self.shared.local_addr));
         let _ = acceptor.join();
+        for (_, stream) in lock(&self.shared.handshaking).take().into_iter().flatten() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         self.dispatch(Command::Shutdown { done: done_tx });
         let _ = done_rx.recv();
@@ -303,6 +311,24 @@ impl Server {
     /// Hand a command to the dispatcher; after shutdown it is dropped.
     pub(crate) fn dispatch(&self, command: Command) {
         let _ = self.shared.commands.send(command);
+    }
+
+    /// Note a connection that is starting its handshake; `false` when closing.
+    pub(crate) fn handshake_started(&self, key: u64, stream: &TcpStream) -> bool {
+        let mut handshaking = lock(&self.shared.handshaking);
+        match (handshaking.as_mut(), stream.try_clone()) {
+            (Some(map), Ok(clone)) => {
+                map.insert(key, clone);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn handshake_ended(&self, key: u64) {
+        if let Some(map) = lock(&self.shared.handshaking).as_mut() {
+            map.remove(&key);
+        }
     }
 
     /// Hand a new connection to the dispatcher, unless the server is shutting down.
