@@ -226,7 +226,7 @@ fn open(
     let callback = |request: &Request, response: Response| {
         let found = request_info(request, peer_addr);
         let refused = server.config().refuse_unknown_namespaces
-            && server.registry().namespace(&found.namespace).is_none();
+            && (server.registry().namespace(&found.namespace)).is_none_or(|t| t.is_empty());
         if refused {
             let mut error = ErrorResponse::new(Some("no such namespace".into()));
             *error.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;

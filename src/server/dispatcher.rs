@@ -3,7 +3,7 @@
 //! the server, and watches for handlers that run long enough to hold up their
 //! connection's later requests.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -67,6 +67,8 @@ pub(crate) struct Dispatcher {
     conns: HashMap<u64, Arc<Conn>>,
     namespaces: HashMap<String, NamespaceClients>,
     idle_scans: u32,
+    /// Connections told to close, in order of the time they get to answer.
+    closing: VecDeque<(Instant, u64)>,
 }
 
 impl Dispatcher {
@@ -77,6 +79,7 @@ impl Dispatcher {
             conns: HashMap::new(),
             namespaces: HashMap::new(),
             idle_scans: 0,
+            closing: VecDeque::new(),
         }
     }
 
@@ -85,33 +88,51 @@ impl Dispatcher {
         let mut next_scan: Option<Instant> = None;
         loop {
             let watching = !self.server.watch_asleep().load(Ordering::SeqCst);
-            let command = match (watching, next_scan) {
-                (false, _) => {
-                    next_scan = None;
-                    self.commands.recv().ok()
-                }
-                (true, None) => {
-                    next_scan = Some(Instant::now() + tick);
-                    continue;
-                }
-                (true, Some(at)) => match self.commands.recv_deadline(at) {
-                    Ok(command) => Some(command),
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.scan_for_slow_calls();
-                        next_scan = Some(Instant::now() + tick);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => None,
-                },
+            next_scan = match (watching, next_scan) {
+                (false, _) => None,
+                (true, None) => Some(Instant::now() + tick),
+                (true, at) => at,
             };
-            match command {
-                Some(Command::Shutdown { done }) => {
+            let next_drop = self.closing.front().map(|(at, _)| *at);
+            let received = match next_scan.into_iter().chain(next_drop).min() {
+                None => self
+                    .commands
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => self.commands.recv_deadline(at),
+            };
+            match received {
+                Ok(Command::Shutdown { done }) => {
                     self.shutdown();
                     let _ = done.send(());
                     return;
                 }
-                Some(command) => self.handle(command),
-                None => return,
+                Ok(command) => self.handle(command),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            // Deadlines are checked after every command too, so a steady stream of
+            // commands cannot starve them.
+            let now = Instant::now();
+            if next_scan.is_some_and(|at| now >= at) {
+                self.scan_for_slow_calls();
+                next_scan = Some(now + tick);
+            }
+            self.drop_overdue(now);
+        }
+    }
+
+    /// Connections sent a close frame that did not answer within `close_timeout`.
+    fn drop_overdue(&mut self, now: Instant) {
+        while let Some((at, _)) = self.closing.front() {
+            if *at > now {
+                break;
+            }
+            let Some((_, key)) = self.closing.pop_front() else {
+                break;
+            };
+            if let Some(conn) = self.conns.get(&key) {
+                conn.drop_connection(1001, "namespace closed");
             }
         }
     }
@@ -167,9 +188,11 @@ impl Dispatcher {
             }
             Command::CloseNamespace { namespace, done } => {
                 if let Some(ns) = self.namespaces.remove(&namespace) {
+                    let deadline = Instant::now() + self.server.config().close_timeout;
                     for key in ns.clients {
                         if let Some(conn) = self.conns.get(&key) {
                             conn.close(&self.server, 1001, "namespace closed");
+                            self.closing.push_back((deadline, key));
                         }
                     }
                 }

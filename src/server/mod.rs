@@ -180,7 +180,9 @@ impl Server {
         self.shared.local_addr
     }
 
-    /// The namespace at URL path `path` (`"/chat"`; `""` is `"/"`), created if new.
+    /// The namespace at URL path `path` (`"/chat"`; `""` is `"/"`). Clients may connect
+    /// to any path; with [`ServerConfig::refuse_unknown_namespaces`] only to those with
+    /// something registered.
     pub fn namespace(&self, path: &str) -> Namespace {
         Namespace::new(self.clone(), path)
     }

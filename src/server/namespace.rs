@@ -37,7 +37,9 @@ impl Namespace {
             p if p.starts_with('/') => p.into(),
             p => format!("/{p}").into(),
         };
-        server.registry().update(&path, |_| ());
+        // Nothing is written until something is registered: a handle alone (as `emit`
+        // and `clients` make) must neither create a namespace nor invalidate the
+        // tables every connection caches.
         Namespace { server, path }
     }
 

@@ -43,6 +43,11 @@ pub(crate) struct NamespaceTable {
 }
 
 impl NamespaceTable {
+    /// Nothing registered: no methods, events or login.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.methods.is_empty() && self.events.is_empty() && self.auth.is_none()
+    }
+
     pub(crate) fn method(&self, name: &str) -> Option<&Method> {
         self.methods.get(name)
     }

@@ -12,7 +12,9 @@ fn number(x: f64) -> Value {
     if x.fract() == 0.0 && x.abs() < 9_007_199_254_740_992.0 {
         Value::from(x as i64)
     } else {
-        Number::from_f64(x).map(Value::Number).unwrap_or(Value::Null)
+        Number::from_f64(x)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
     }
 }
 

@@ -62,7 +62,9 @@ impl Raw {
     }
 
     pub fn send_binary(&mut self, bytes: &[u8]) {
-        self.ws.send(Message::Binary(bytes.to_vec().into())).expect("send");
+        self.ws
+            .send(Message::Binary(bytes.to_vec().into()))
+            .expect("send");
     }
 
     /// The next data frame, as text (binary frames are shown lossily).
@@ -89,7 +91,66 @@ impl Raw {
 
     /// A call with params and id 1; returns the reply.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
-        let frame = serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1});
+        let frame =
+            serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1});
         self.request(&frame.to_string())
     }
+}
+
+/// Helpers added for `tests/contract.rs` and `tests/server.rs`.
+impl Raw {
+    /// Connect with a prepared handshake request (extra headers and the like).
+    pub fn connect_request(request: tungstenite::handshake::client::Request) -> Raw {
+        let (ws, _) = tungstenite::connect(request).expect("websocket handshake");
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+        }
+        Raw { ws }
+    }
+
+    /// The next frame other than ping and pong, close frames included, as it came.
+    pub fn recv_message(&mut self) -> Message {
+        loop {
+            match self.ws.read().expect("a frame before the deadline") {
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Read until the peer's close frame and answer it at once, as a browser would;
+    /// returns its code (1005 when it had none) and reason. Data frames before it are
+    /// skipped.
+    pub fn recv_close(&mut self) -> (u16, String) {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => {
+                    // tungstenite queues the answer; send it now (the peer may be gone).
+                    let _ = self.ws.flush();
+                    return match frame {
+                        Some(f) => (u16::from(f.code), f.reason.to_string()),
+                        None => (1005, String::new()),
+                    };
+                }
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended without a close frame: {e}"),
+            }
+        }
+    }
+
+    /// The underlying TCP stream.
+    pub fn tcp(&self) -> &TcpStream {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(s) => s,
+            _ => unreachable!("loopback tests use plain TCP"),
+        }
+    }
+}
+
+/// A server config whose `close()` waits at most `ms` milliseconds for clients that do
+/// not answer its close frame.
+pub fn quick_close(ms: u64) -> wsrpc::ServerConfig {
+    let mut config = wsrpc::ServerConfig::default();
+    config.close_timeout = Duration::from_millis(ms);
+    config
 }
