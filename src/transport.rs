@@ -11,6 +11,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tungstenite::Message;
 use tungstenite::protocol::frame::CloseFrame;
@@ -27,6 +28,8 @@ pub(crate) struct Sink {
 
 struct Writer {
     ctx: WebSocketContext,
+    role: Role,
+    config: WebSocketConfig,
     /// A close frame was seen or queued: no more data frames (RFC 6455, 5.5.1).
     closing: bool,
     /// We sent our close frame: nothing at all may follow it.
@@ -41,14 +44,12 @@ impl Sink {
             stream,
             writer: Mutex::new(Writer {
                 ctx: WebSocketContext::new(role, Some(config)),
+                role,
+                config,
                 closing: false,
                 close_sent: false,
             }),
         }
-    }
-
-    pub(crate) fn stream(&self) -> &TcpStream {
-        &self.stream
     }
 
     /// Send one message; after a close frame it is dropped and `AlreadyClosed` returned.
@@ -57,14 +58,41 @@ impl Sink {
         if w.closing {
             return Err(tungstenite::Error::AlreadyClosed);
         }
+        let large = message.len() > LARGE_FRAME;
         let mut stream = &self.stream;
         w.ctx.write(&mut stream, message)?;
-        w.ctx.flush(&mut stream)
+        w.ctx.flush(&mut stream)?;
+        if large {
+            // The context keeps its output buffer at its largest size; an idle
+            // connection should not hold on to the biggest frame it ever sent.
+            w.ctx = WebSocketContext::new(w.role, Some(w.config));
+        }
+        Ok(())
     }
 
     /// Start the close handshake with `code` and `reason` (once; later calls do nothing).
     pub(crate) fn close(&self, code: u16, reason: &str) -> Result<(), tungstenite::Error> {
-        let mut w = lock(&self.writer);
+        self.close_locked(&mut lock(&self.writer), code, reason)
+    }
+
+    /// [`Sink::close`] unless a write is under way (it may be blocked on a peer that
+    /// does not read): then `false`, and nothing is sent.
+    pub(crate) fn try_close(&self, code: u16, reason: &str) -> bool {
+        match self.writer.try_lock() {
+            Ok(mut w) => {
+                let _ = self.close_locked(&mut w, code, reason);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn close_locked(
+        &self,
+        w: &mut Writer,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), tungstenite::Error> {
         if w.close_sent {
             return Ok(());
         }
@@ -85,11 +113,17 @@ impl Sink {
     /// Bytes the reader's tungstenite context wants sent (pongs, close replies); they
     /// arrive as whole frames.
     fn write_raw(&self, bytes: &[u8]) -> io::Result<()> {
-        let w = lock(&self.writer);
+        let mut w = lock(&self.writer);
         if w.close_sent {
             return Ok(());
         }
-        (&self.stream).write_all(bytes)
+        (&self.stream).write_all(bytes)?;
+        // After the peer's close frame the reader writes only its close reply: that
+        // was our close frame, and nothing may follow it.
+        if w.closing {
+            w.close_sent = true;
+        }
+        Ok(())
     }
 
     /// Drop the TCP connection at once, waking a reader blocked on it.
@@ -107,19 +141,53 @@ fn truncate_reason(reason: &str) -> String {
     reason[..end].to_owned()
 }
 
+/// Frames larger than this do not keep their buffer once sent.
+const LARGE_FRAME: usize = 64 << 10;
+
 /// The stream the reader's tungstenite context owns: reads from the socket, writes
 /// through the sink.
-pub(crate) struct ConnStream(pub(crate) Arc<Sink>);
+pub(crate) struct ConnStream {
+    sink: Arc<Sink>,
+    /// While set (during the handshake), reads fail once it has passed: a peer that
+    /// sends a byte now and then cannot stretch the handshake.
+    deadline: Option<Instant>,
+}
+
+impl ConnStream {
+    /// A stream whose reads fail after `deadline` until [`ConnStream::opened`].
+    pub(crate) fn handshaking(sink: Arc<Sink>, deadline: Instant) -> Self {
+        ConnStream {
+            sink,
+            deadline: Some(deadline),
+        }
+    }
+
+    /// The handshake is over: reads block as long as they need.
+    pub(crate) fn opened(&mut self) -> io::Result<()> {
+        self.deadline = None;
+        self.sink.stream.set_read_timeout(None)
+    }
+}
 
 impl Read for ConnStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&self.0.stream).read(buf)
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "handshake timed out",
+                ));
+            }
+            self.sink.stream.set_read_timeout(Some(left))?;
+        }
+        (&self.sink.stream).read(buf)
     }
 }
 
 impl Write for ConnStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_raw(buf)?;
+        self.sink.write_raw(buf)?;
         Ok(buf.len())
     }
 

@@ -682,3 +682,33 @@ fn connect_to_a_closed_port_fails_quickly() {
         "{error:?}"
     );
 }
+
+#[test]
+fn close_during_a_stalled_handshake_returns_promptly() {
+    // A listener that accepts and never answers the handshake.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = Client::builder(&format!("ws://{addr}"))
+        .timeout(Duration::from_secs(60))
+        .build();
+    let (_socket, _) = listener.accept().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        client.close();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(DEADLINE).is_ok(),
+        "close() hung behind the connection attempt"
+    );
+}
+
+#[test]
+fn open_after_close_fails_at_once() {
+    let server = common::start();
+    let client = connect(&server, "/");
+    client.close();
+    assert!(matches!(client.open(), Err(Error::Closed)));
+    assert!(matches!(client.call("sum", [1]), Err(Error::Closed)));
+    server.close();
+}

@@ -730,3 +730,92 @@ fn namespace_close_drops_a_client_that_ignores_the_close_frame() {
     drop(silent);
     server.close();
 }
+
+#[test]
+fn calls_in_flight_per_connection_are_capped() {
+    let mut config = quick();
+    config.max_calls_in_flight = 2;
+    let server = common::start_with(Server::builder().config(config));
+    let mut raw = connect(&server, "/");
+    for id in 1..=3 {
+        raw.send_text(&format!(
+            r#"{{"jsonrpc":"2.0","method":"sleep","params":[300],"id":{id}}}"#
+        ));
+    }
+    raw.send_text(r#"{"jsonrpc":"2.0","method":"sum","params":[1,2],"id":"sum"}"#);
+    // Two sleeps run at once; the third holds the reader, so the sum must wait for a
+    // sleep to finish. Without the cap the sum would be answered first.
+    let first = raw.recv();
+    assert_eq!(first["id"], 1, "first reply: {first}");
+    let mut ids = vec![first["id"].clone()];
+    for _ in 0..4 - 1 {
+        ids.push(raw.recv()["id"].clone());
+    }
+    assert!(
+        ids.contains(&json!("sum")),
+        "every call is answered: {ids:?}"
+    );
+    finish(server, vec![raw]);
+}
+
+#[test]
+fn handshake_timeout_is_a_deadline_not_a_per_read_timeout() {
+    let mut config = quick();
+    config.handshake_timeout = Duration::from_millis(300);
+    let server = common::start_with(Server::builder().config(config));
+    let mut tcp = TcpStream::connect(server.local_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let start = Instant::now();
+    // A valid start, then a header value that never ends, a byte every 50 ms: every
+    // single read is well inside the timeout.
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let mut dropped = false;
+    for byte in request.iter().chain(std::iter::repeat(&b'a')) {
+        if start.elapsed() > DEADLINE {
+            break;
+        }
+        if tcp.write_all(&[*byte]).is_err() {
+            dropped = true;
+            break;
+        }
+        match tcp.read(&mut [0u8; 64]) {
+            Ok(0) => {
+                dropped = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                dropped = true;
+                break;
+            }
+        }
+    }
+    assert!(dropped, "the dribbling handshake was never cut off");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "cut off only after {:?}",
+        start.elapsed()
+    );
+    server.close();
+}
+
+#[test]
+fn a_panicking_connection_hook_does_not_break_the_connection() {
+    let (tx, rx) = mpsc::channel::<DisconnectInfo>();
+    let server = common::start_with(
+        Server::builder()
+            .config(quick())
+            .on_connection(|_| panic!("hook panics"))
+            .on_disconnection(move |d| drop(tx.send(d.clone()))),
+    );
+    let mut raw = connect(&server, "/?socket_id=h");
+    assert_eq!(raw.call("sum", json!([2, 3]))["result"], 5);
+    drop(raw);
+    let gone = rx
+        .recv_timeout(DEADLINE)
+        .expect("the disconnection is reported");
+    assert_eq!(gone.socket_id, "h");
+    server.close();
+}

@@ -123,18 +123,28 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>), Error> {
     }
     let stream = stream.ok_or(last_error)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(inner.timeout))?;
+    // A send blocked on a server that does not read fails instead of hanging.
+    stream.set_write_timeout(Some(inner.timeout))?;
     let config = WebSocketConfig::default().read_buffer_size(16 << 10);
     let sink = Arc::new(Sink::new(stream, Role::Client, config));
-    let (reader, _response) =
-        tungstenite::client::client_with_config(request, ConnStream(sink.clone()), Some(config))
-            .map_err(|e| match e {
-                tungstenite::HandshakeError::Failure(e) => Error::from(e),
-                tungstenite::HandshakeError::Interrupted(_) => {
-                    Error::Protocol("the handshake timed out".into())
-                }
-            })?;
-    sink.stream().set_read_timeout(None)?;
+    {
+        // Visible to `close`, which cuts the attempt short.
+        let mut state = lock(&inner.state);
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        state.connecting = Some(sink.clone());
+    }
+    let stream = ConnStream::handshaking(sink.clone(), Instant::now() + inner.timeout);
+    let handshake = tungstenite::client::client_with_config(request, stream, Some(config));
+    lock(&inner.state).connecting = None;
+    let (mut reader, _response) = handshake.map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => Error::from(e),
+        tungstenite::HandshakeError::Interrupted(_) => {
+            Error::Protocol("the handshake timed out".into())
+        }
+    })?;
+    reader.get_mut().opened()?;
     Ok((reader, sink))
 }
 
@@ -164,6 +174,12 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
                 retries = 0;
                 let waiting = {
                     let mut state = lock(&inner.state);
+                    if inner.closed.load(Ordering::SeqCst) {
+                        // Closed while connecting: this connection is not wanted.
+                        let _ = sink.close(1000, "");
+                        sink.shutdown();
+                        break;
+                    }
                     state.sink = Some(sink.clone());
                     std::mem::take(&mut state.waiting)
                 };
@@ -200,7 +216,11 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
             reconnecting: next_attempt.is_some(),
         }));
     }
-    let waiting = std::mem::take(&mut lock(&inner.state).waiting);
+    let waiting = {
+        let mut state = lock(&inner.state);
+        state.stopped = true;
+        std::mem::take(&mut state.waiting)
+    };
     for waiter in waiting {
         let _ = waiter.send(Err(Error::Closed));
     }

@@ -261,6 +261,10 @@ struct Inner {
 #[derive(Default)]
 struct State {
     sink: Option<Arc<Sink>>,
+    /// The socket of an attempt in its handshake, for `close` to cut short.
+    connecting: Option<Arc<Sink>>,
+    /// The I/O thread has ended: nobody will answer `waiting` any more.
+    stopped: bool,
     pending: HashMap<u64, Sender<Result<Value, Error>>>,
     /// Callers of `open` waiting for the outcome of the next attempt.
     waiting: Vec<Sender<Result<(), Error>>>,
@@ -287,12 +291,14 @@ impl Client {
 
     /// Connect now if not connected; returns once connected or the attempt failed.
     pub fn open(&self) -> Result<(), Error> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
         let (tx, rx) = crossbeam_channel::bounded(1);
         {
+            // `close` sets `closed` and the I/O thread sets `stopped` under this lock,
+            // so a waiter added here is always answered.
             let mut state = lock(&self.inner.state);
+            if self.inner.closed.load(Ordering::SeqCst) || state.stopped {
+                return Err(Error::Closed);
+            }
             if state.sink.is_some() {
                 return Ok(());
             }
@@ -343,6 +349,9 @@ impl Client {
     /// thread. More callbacks for the same event are added to it (the server is asked
     /// once). The server's refusal comes back as [`Error::Subscribe`] or as
     /// [`Error::Rpc`] (for example -32606 for a protected event before login).
+    ///
+    /// A callback that holds a clone of this client keeps the client open until
+    /// [`close`](Self::close) is called, since dropping the other handles cannot.
     pub fn subscribe(
         &self,
         event: &str,
@@ -493,18 +502,28 @@ impl Inner {
     fn report(&self, error: Error) {
         log::warn!("{error}");
         if let Some(hook) = &self.hooks.error {
-            hook(&error);
+            guarded("on_error", || hook(&error));
         }
     }
 
     fn close(&self) {
-        if self.closed.swap(true, Ordering::SeqCst) {
-            return;
-        }
+        let (sink, connecting) = {
+            let mut state = lock(&self.state);
+            if self.closed.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            (state.sink.clone(), state.connecting.take())
+        };
         let _ = self.control.send(Control::Close);
-        let sink = lock(&self.state).sink.clone();
-        if let Some(sink) = &sink {
-            let _ = sink.close(1000, "");
+        if let Some(connecting) = connecting {
+            connecting.shutdown();
+        }
+        // A write blocked on a server that stopped reading holds the sink: then cut
+        // the connection instead of waiting behind it.
+        if let Some(sink) = &sink
+            && !sink.try_close(1000, "")
+        {
+            sink.shutdown();
         }
         let handle = lock(&self.io_thread).take();
         if let Some(handle) = handle
@@ -526,10 +545,7 @@ fn run_callbacks(inner: std::sync::Weak<Inner>, jobs: Receiver<Job>) {
         match job {
             Job::Event(callbacks, params) => {
                 for callback in callbacks {
-                    let run = std::panic::AssertUnwindSafe(|| callback(&params));
-                    if std::panic::catch_unwind(run).is_err() {
-                        log::error!("an event callback panicked");
-                    }
+                    guarded("event", || callback(&params));
                 }
             }
             Job::Opened { restore } => {
@@ -537,15 +553,22 @@ fn run_callbacks(inner: std::sync::Weak<Inner>, jobs: Receiver<Job>) {
                     inner.restore();
                 }
                 if let Some(hook) = &inner.hooks.open {
-                    hook();
+                    guarded("on_open", || hook());
                 }
             }
             Job::Closed(info) => {
                 if let Some(hook) = &inner.hooks.close {
-                    hook(&info);
+                    guarded("on_close", || hook(&info));
                 }
             }
             Job::Error(error) => inner.report(error),
         }
+    }
+}
+
+/// Run a user callback; a panic is logged and the callback thread carries on.
+fn guarded(name: &str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        log::error!("the {name} callback panicked");
     }
 }

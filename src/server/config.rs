@@ -44,6 +44,9 @@ pub struct ServerConfig {
     /// A handler still running after this long stops delaying the later requests of its
     /// connection: another thread takes over reading them. Default 20 ms.
     pub slow_call_threshold: Duration,
+    /// Handlers that may run at once for one connection. Past it, a connection's later
+    /// requests wait for one of its running handlers to return. Default 32.
+    pub max_calls_in_flight: usize,
     /// Refuse (HTTP 404) a connection whose path names no namespace with anything
     /// registered. Default `false`: such a client gets an empty namespace, as in
     /// rpc-websockets.
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
             slow_call_threshold: Duration::from_millis(20),
+            max_calls_in_flight: 32,
             refuse_unknown_namespaces: false,
         }
     }
@@ -130,6 +134,35 @@ pub(crate) struct Hooks {
     pub connection: Option<Callback<ConnectionInfo>>,
     pub disconnection: Option<Callback<DisconnectInfo>>,
     pub error: Option<Callback<Error>>,
+}
+
+impl Hooks {
+    pub(crate) fn listening(&self, addr: &SocketAddr) {
+        call("on_listening", &self.listening, addr);
+    }
+
+    pub(crate) fn connection(&self, info: &ConnectionInfo) {
+        call("on_connection", &self.connection, info);
+    }
+
+    pub(crate) fn disconnection(&self, info: &DisconnectInfo) {
+        call("on_disconnection", &self.disconnection, info);
+    }
+
+    pub(crate) fn error(&self, error: &Error) {
+        call("on_error", &self.error, error);
+    }
+}
+
+/// Run a user callback so that its panic is logged instead of ending a server thread
+/// halfway through its bookkeeping.
+fn call<T>(name: &str, hook: &Option<Callback<T>>, arg: &T) {
+    if let Some(hook) = hook {
+        let run = std::panic::AssertUnwindSafe(|| hook(arg));
+        if std::panic::catch_unwind(run).is_err() {
+            log::error!("the {name} callback panicked");
+        }
+    }
 }
 
 /// Sets up and starts a [`Server`].

@@ -12,7 +12,7 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -64,6 +64,8 @@ pub(crate) struct Conn {
     park_epoch: AtomicU64,
     /// `park_epoch` as the dispatcher's last scan saw it (only the dispatcher uses it).
     seen_epoch: AtomicU64,
+    /// Handlers running for this connection now.
+    in_flight: AtomicUsize,
     /// Why the server dropped the connection, if it did.
     dropped_for: Mutex<Option<(u16, String)>>,
 }
@@ -84,6 +86,7 @@ impl Conn {
             parked: AtomicBool::new(false),
             park_epoch: AtomicU64::new(0),
             seen_epoch: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
             dropped_for: Mutex::new(None),
         }
     }
@@ -161,12 +164,39 @@ impl Conn {
         self.seen_epoch.swap(now, Ordering::Relaxed) == now
     }
 
-    /// The parked reader, unless its thread is putting it back right now.
-    pub(crate) fn take_reader(&self) -> Option<Reader> {
-        self.reader_slot.try_lock().ok()?.take()
+    /// A handler has held the parked reader since the last scan: give the reader to a
+    /// new thread, unless `max_calls_in_flight` handlers already run for this
+    /// connection (then its later requests wait: backpressure). The slot stays locked
+    /// until the new thread has the reader, so a failed spawn puts it back.
+    pub(crate) fn hand_off(self: &Arc<Self>, server: &Server) {
+        if self.in_flight.load(Ordering::SeqCst) >= server.config().max_calls_in_flight {
+            return;
+        }
+        let Ok(mut slot) = self.reader_slot.try_lock() else {
+            return;
+        };
+        let Some(reader) = slot.take() else {
+            return;
+        };
+        log::debug!(
+            "a slow handler holds client {}; reading on in a new thread",
+            self.session.socket_id
+        );
+        let carrier = Arc::new(Mutex::new(Some(reader)));
+        let (srv, conn, handed) = (server.clone(), self.clone(), carrier.clone());
+        let spawned = server.spawn("wsrpc-conn", server.config().stack_size, move || {
+            if let Some(reader) = lock(&handed).take() {
+                read_loop(srv, conn, reader);
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("could not start a reader thread: {e}");
+            *slot = lock(&carrier).take();
+        }
     }
 
     fn park(&self, server: &Server, reader: Reader) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         *lock(&self.reader_slot) = Some(reader);
         self.park_epoch.fetch_add(1, Ordering::SeqCst);
         self.parked.store(true, Ordering::SeqCst);
@@ -179,6 +209,7 @@ impl Conn {
     /// The reader back, or `None` if another thread now reads for this connection.
     fn unpark(&self) -> Option<Reader> {
         self.parked.store(false, Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         lock(&self.reader_slot).take()
     }
 }
@@ -200,9 +231,7 @@ pub(crate) fn serve(server: Server, stream: TcpStream) {
         return;
     }
     log::debug!("client {} connected to {}", info.socket_id, info.namespace);
-    if let Some(hook) = &server.hooks().connection {
-        hook(&info);
-    }
+    server.hooks().connection(&info);
     read_loop(server, conn, reader);
 }
 
@@ -215,10 +244,7 @@ fn open(
     let peer_addr = stream.peer_addr().ok();
     let config = server.config().clone();
     let _ = stream.set_nodelay(true);
-    if let Err(e) = stream.set_read_timeout(Some(config.handshake_timeout)) {
-        log::debug!("could not set the handshake timeout: {e}");
-        return None;
-    }
+    let deadline = Instant::now() + config.handshake_timeout;
     let sink = Arc::new(Sink::new(stream, Role::Server, config.websocket()));
     let mut info = None;
     // tungstenite's callback type fixes the (large) error response type.
@@ -236,23 +262,21 @@ fn open(
         Ok(response)
     };
     let handshake = tungstenite::accept_hdr_with_config(
-        ConnStream(sink.clone()),
+        ConnStream::handshaking(sink.clone(), deadline),
         callback,
         Some(config.websocket()),
     );
-    let reader = match handshake {
+    let mut reader = match handshake {
         Ok(reader) => reader,
         Err(e) => {
             let e = Error::Protocol(format!("handshake with {peer_addr:?} failed: {e}"));
             log::debug!("{e}");
-            if let Some(hook) = &server.hooks().error {
-                hook(&e);
-            }
+            server.hooks().error(&e);
             return None;
         }
     };
     let info = info?;
-    sink.stream().set_read_timeout(None).ok()?;
+    reader.get_mut().opened().ok()?;
     let session = Session::new(key, info.socket_id.clone(), info.namespace.clone());
     let conn = Arc::new(Conn::new(session, sink, config.outgoing_queue));
     Some((conn, reader, info))
@@ -303,26 +327,6 @@ fn new_socket_id() -> String {
         ((b >> 48) & 0x3fff) | 0x8000,
         b & 0xffff_ffff_ffff
     )
-}
-
-/// Continue reading a connection on a new thread (its handler is slow).
-pub(crate) fn resume(server: &Server, conn: Arc<Conn>, reader: Reader) {
-    let srv = server.clone();
-    let c = conn.clone();
-    let slot = Arc::new(Mutex::new(Some(reader)));
-    let handed = slot.clone();
-    let spawned = server.spawn("wsrpc-conn", server.config().stack_size, move || {
-        if let Some(reader) = lock(&handed).take() {
-            read_loop(srv, c, reader);
-        }
-    });
-    if let Err(e) = spawned {
-        // Give the reader back: its old thread carries on once the handler returns.
-        log::warn!("could not start a reader thread: {e}");
-        if let Some(reader) = lock(&slot).take() {
-            *lock(&conn.reader_slot) = Some(reader);
-        }
-    }
 }
 
 fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
@@ -422,14 +426,12 @@ fn finish(
         "client {} disconnected ({code} {reason})",
         conn.session.socket_id
     );
-    if let Some(hook) = &server.hooks().disconnection {
-        hook(&DisconnectInfo {
-            socket_id: conn.session.socket_id.clone(),
-            namespace: conn.session.namespace.clone(),
-            code,
-            reason,
-        });
-    }
+    server.hooks().disconnection(&DisconnectInfo {
+        socket_id: conn.session.socket_id.clone(),
+        namespace: conn.session.namespace.clone(),
+        code,
+        reason,
+    });
 }
 
 #[cfg(test)]

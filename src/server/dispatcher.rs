@@ -14,7 +14,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::Utf8Bytes;
 
 use super::Server;
-use super::connection::{self, Conn, Outgoing};
+use super::connection::{Conn, Outgoing};
 use crate::protocol::Codec;
 
 /// Everything the dispatcher is asked to do.
@@ -167,6 +167,9 @@ impl Dispatcher {
                     for event in events {
                         if let Some(subscribers) = ns.subscribers.get_mut(&event) {
                             subscribers.remove(&key);
+                            if subscribers.is_empty() {
+                                ns.subscribers.remove(&event);
+                            }
                         }
                     }
                 }
@@ -210,10 +213,16 @@ impl Dispatcher {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
-        if let Some(ns) = self.namespaces.get_mut(&conn.session.namespace) {
+        let ns_name = &conn.session.namespace;
+        if let Some(ns) = self.namespaces.get_mut(ns_name) {
             ns.clients.remove(&key);
-            for subscribers in ns.subscribers.values_mut() {
+            ns.subscribers.retain(|_, subscribers| {
                 subscribers.remove(&key);
+                !subscribers.is_empty()
+            });
+            // Any path may be a namespace: keep no entry for one nobody is on.
+            if ns.clients.is_empty() {
+                self.namespaces.remove(ns_name);
             }
         }
     }
@@ -256,14 +265,8 @@ impl Dispatcher {
                 continue;
             }
             busy = true;
-            if conn.same_handler_as_last_scan()
-                && let Some(reader) = conn.take_reader()
-            {
-                log::debug!(
-                    "a slow handler holds client {}; reading on in a new thread",
-                    conn.session.socket_id
-                );
-                connection::resume(&self.server, conn.clone(), reader);
+            if conn.same_handler_as_last_scan() {
+                conn.hand_off(&self.server);
             }
         }
         self.idle_scans = if busy { 0 } else { self.idle_scans + 1 };
@@ -283,11 +286,8 @@ impl Dispatcher {
     /// Close every connection with 1001, give clients `close_timeout` to answer, then
     /// drop whoever is left.
     fn shutdown(&mut self) {
-        self.server.stop_registering();
-        // Connections that registered before the gate closed are queued: take them in.
-        while let Ok(command) = self.commands.try_recv() {
-            self.handle_while_closing(command);
-        }
+        // `close` shut the registration gate before sending Shutdown, so every
+        // connection that got through it is in `conns` now.
         for conn in self.conns.values() {
             conn.close(&self.server, 1001, "server shutting down");
         }

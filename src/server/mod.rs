@@ -139,9 +139,7 @@ impl Server {
             dispatcher,
         });
         log::info!("listening on {local_addr}");
-        if let Some(hook) = &server.shared.hooks.listening {
-            hook(&local_addr);
-        }
+        server.shared.hooks.listening(&local_addr);
         Ok(server)
     }
 
@@ -251,6 +249,10 @@ impl Server {
         for (_, stream) in lock(&self.shared.handshaking).take().into_iter().flatten() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+        // Close the gate here, not in the dispatcher: a connection thread may hold it
+        // while waiting for room in the command channel, which only the running
+        // dispatcher makes. Every Connect is then queued before Shutdown.
+        self.stop_registering();
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         self.dispatch(Command::Shutdown { done: done_tx });
         let _ = done_rx.recv();
@@ -342,8 +344,8 @@ impl Server {
         *open
     }
 
-    /// Close the gate of `register_connection` (the dispatcher does, when shutting down).
-    pub(crate) fn stop_registering(&self) {
+    /// Close the gate of `register_connection`.
+    fn stop_registering(&self) {
         *lock(&self.shared.registering) = false;
     }
 
@@ -375,9 +377,7 @@ impl Server {
     /// Log an error that concerns no single request and pass it to `on_error`.
     pub(crate) fn report(&self, error: Error) {
         log::warn!("{error}");
-        if let Some(hook) = &self.shared.hooks.error {
-            hook(&error);
-        }
+        self.shared.hooks.error(&error);
     }
 }
 

@@ -52,7 +52,8 @@ impl Namespace {
     /// a tuple, a `Vec`, or `serde_json::Value` for anything; absent params read as
     /// `null`, so `()` and `Option<T>` accept them) and returns a serializable value or
     /// an [`RpcError`]. Params that do not fit `P` get `-32602 Invalid params`; a panic
-    /// gets `-32603 Internal error`. Registering a name again replaces the handler.
+    /// gets `-32603 Internal error`. Registering a name again replaces the method (and
+    /// makes it public, as rpc-websockets does).
     ///
     /// ```
     /// # let server = wsrpc::Server::bind("127.0.0.1:0").unwrap();

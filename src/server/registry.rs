@@ -74,18 +74,14 @@ impl NamespaceTable {
     }
 
     pub(crate) fn add_method(&mut self, name: &str, run: Arc<MethodFn>) {
-        match self.methods.get_mut(name) {
-            Some(existing) => existing.run = run,
-            None => {
-                self.methods.insert(
-                    name.to_owned(),
-                    Method {
-                        run,
-                        protected: false,
-                    },
-                );
-                self.method_order.push(name.to_owned());
-            }
+        // Registering a name again replaces the method and makes it public, as
+        // rpc-websockets does; it keeps its place in `__listMethods`.
+        let method = Method {
+            run,
+            protected: false,
+        };
+        if self.methods.insert(name.to_owned(), method).is_none() {
+            self.method_order.push(name.to_owned());
         }
     }
 
@@ -207,6 +203,30 @@ mod tests {
         assert_eq!(
             table.method_names(),
             ["__listMethods", "b", "a", "rpc.login"]
+        );
+    }
+
+    #[test]
+    fn registering_again_makes_a_method_public() {
+        let registry = Registry::default();
+        registry.update("/", |t| t.add_method("m", nop()));
+        registry.update("/", |t| t.protect_method("m", true));
+        assert!(
+            registry
+                .namespace("/")
+                .unwrap()
+                .method("m")
+                .unwrap()
+                .protected
+        );
+        registry.update("/", |t| t.add_method("m", nop()));
+        assert!(
+            !registry
+                .namespace("/")
+                .unwrap()
+                .method("m")
+                .unwrap()
+                .protected
         );
     }
 
