@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tungstenite::Message;
-use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use crate::lock;
+use crate::protocol::Codec;
 
 /// The write half of a connection.
 pub(crate) struct Sink {
@@ -193,6 +194,15 @@ impl Write for ConnStream {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A frame for `bytes` in `codec`: text for JSON, binary for MessagePack.
+pub(crate) fn message(codec: Codec, bytes: Vec<u8>) -> Result<Message, std::str::Utf8Error> {
+    if codec.is_binary() {
+        Ok(Message::Binary(bytes.into()))
+    } else {
+        Utf8Bytes::try_from(bytes).map(Message::Text)
     }
 }
 

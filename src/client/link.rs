@@ -17,7 +17,7 @@ use tungstenite::{Message, WebSocket};
 use super::{CloseInfo, Inner, Job};
 use crate::error::Error;
 use crate::lock;
-use crate::protocol::{Id, ServerMessage, json};
+use crate::protocol::{Codec, Id, ServerMessage};
 use crate::transport::{ConnStream, Sink, close_info};
 
 /// What the client's owner tells its I/O thread.
@@ -35,15 +35,13 @@ pub(super) struct Target {
 }
 
 impl Target {
-    pub(super) fn new(url: &str, socket_id: Option<&str>, headers: &[(String, String)]) -> Self {
-        let url = with_path(url);
-        let url = match socket_id {
-            Some(id) => {
-                let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}socket_id={}", percent_encode(id))
-            }
-            None => url,
-        };
+    /// `query` pairs are appended to the URL's query, encoded.
+    pub(super) fn new(url: &str, query: &[(&str, &str)], headers: &[(String, String)]) -> Self {
+        let mut url = with_path(url);
+        for (name, value) in query {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{sep}{name}={}", percent_encode(value));
+        }
         Target {
             url,
             headers: headers.to_vec(),
@@ -257,8 +255,8 @@ fn read_until_closed(inner: &Inner, mut reader: Reader, sink: &Sink) -> (u16, St
     let mut peer_close = None;
     loop {
         match reader.read() {
-            Ok(Message::Text(text)) => deliver(inner, text.as_bytes()),
-            Ok(Message::Binary(bytes)) => deliver(inner, &bytes),
+            Ok(Message::Text(text)) => deliver(inner, Codec::Json, text.as_bytes()),
+            Ok(Message::Binary(bytes)) => deliver(inner, Codec::of_frame(true, &bytes), &bytes),
             Ok(Message::Close(frame)) => {
                 sink.peer_closed();
                 peer_close = Some(close_info(frame.as_ref()));
@@ -272,8 +270,8 @@ fn read_until_closed(inner: &Inner, mut reader: Reader, sink: &Sink) -> (u16, St
     }
 }
 
-fn deliver(inner: &Inner, frame: &[u8]) {
-    let messages = match json::decode_server_message(frame) {
+fn deliver(inner: &Inner, codec: Codec, frame: &[u8]) {
+    let messages = match codec.decode_server_message(frame) {
         Ok(messages) => messages,
         Err(e) => {
             let _ = inner.jobs.send(Job::Error(Error::Codec(format!(
@@ -323,13 +321,17 @@ mod tests {
 
     #[test]
     fn socket_ids_are_encoded_into_the_query() {
-        let t = Target::new("ws://h:1/chat", Some("a b/c"), &[]);
+        let t = Target::new("ws://h:1/chat", &[("socket_id", "a b/c")], &[]);
         assert_eq!(t.url, "ws://h:1/chat?socket_id=a%20b%2Fc");
-        let t = Target::new("ws://h:1/?x=1", Some("id"), &[]);
+        let t = Target::new("ws://h:1/?x=1", &[("socket_id", "id")], &[]);
         assert_eq!(t.url, "ws://h:1/?x=1&socket_id=id");
-        let t = Target::new("ws://h:1", Some("id"), &[]);
-        assert_eq!(t.url, "ws://h:1/?socket_id=id");
-        let t = Target::new("ws://h:1?x=1", None, &[]);
+        let t = Target::new(
+            "ws://h:1",
+            &[("socket_id", "id"), ("encoding", "msgpack")],
+            &[],
+        );
+        assert_eq!(t.url, "ws://h:1/?socket_id=id&encoding=msgpack");
+        let t = Target::new("ws://h:1?x=1", &[], &[]);
         assert_eq!(t.url, "ws://h:1/?x=1");
     }
 }

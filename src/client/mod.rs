@@ -15,12 +15,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tungstenite::Message;
 
 use crate::error::Error;
 use crate::lock;
-use crate::protocol::json;
-use crate::transport::Sink;
+use crate::protocol::Codec;
+use crate::transport::{Sink, message};
 use link::Control;
 use reconnect::ReconnectPolicy;
 
@@ -67,6 +66,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     headers: Vec<(String, String)>,
     socket_id: Option<String>,
+    codec: Codec,
     hooks: Hooks,
 }
 
@@ -83,6 +83,7 @@ impl ClientBuilder {
             timeout: Duration::from_secs(30),
             headers: Vec::new(),
             socket_id: None,
+            codec: Codec::Json,
             hooks: Hooks::default(),
         }
     }
@@ -131,6 +132,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Speak MessagePack (binary frames) instead of JSON (default `false`). The
+    /// client asks for it with `?encoding=msgpack`; replies are read in whichever
+    /// codec the server sends, so it also works with servers that ignore the query.
+    pub fn msgpack(mut self, yes: bool) -> Self {
+        self.codec = if yes { Codec::MsgPack } else { Codec::Json };
+        self
+    }
+
     /// Called on the callback thread each time a connection opens (after a reconnect,
     /// once login and subscriptions are restored).
     pub fn on_open(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
@@ -161,7 +170,14 @@ impl ClientBuilder {
 
     /// Return the client at once; it connects in the background if `autoconnect`.
     pub fn build(self) -> Client {
-        let url = link::Target::new(&self.url, self.socket_id.as_deref(), &self.headers);
+        let mut query = Vec::new();
+        if let Some(id) = &self.socket_id {
+            query.push(("socket_id", id.as_str()));
+        }
+        if self.codec == Codec::MsgPack {
+            query.push(("encoding", "msgpack"));
+        }
+        let url = link::Target::new(&self.url, &query, &self.headers);
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (io_alive, io_done) = crossbeam_channel::bounded::<()>(0);
@@ -169,6 +185,7 @@ impl ClientBuilder {
             target: url,
             policy: self.policy,
             timeout: self.timeout,
+            codec: self.codec,
             hooks: self.hooks,
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
@@ -240,6 +257,7 @@ struct Inner {
     target: link::Target,
     policy: ReconnectPolicy,
     timeout: Duration,
+    codec: Codec,
     hooks: Hooks,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -341,8 +359,9 @@ impl Client {
 
     /// Send a notification: the server runs `method` and answers nothing.
     pub fn notify(&self, method: &str, params: impl Serialize) -> Result<(), Error> {
-        let frame = json::encode_call(None, method, &to_params(params)?);
-        self.inner.send(frame)
+        let params = to_params(params)?;
+        self.inner
+            .send_on(&*self.inner.sink()?, None, method, &params)
     }
 
     /// Subscribe to `event`; `callback` gets each event's params on the callback
@@ -430,10 +449,17 @@ impl Inner {
         lock(&self.state).sink.clone().ok_or(Error::NotConnected)
     }
 
-    fn send(&self, frame: Vec<u8>) -> Result<(), Error> {
-        let sink = self.sink()?;
-        let text = String::from_utf8(frame).map_err(|e| Error::Codec(e.to_string()))?;
-        sink.send(Message::Text(text.into())).map_err(Error::from)
+    /// Send a call or notification in the client's codec on `sink`.
+    fn send_on(
+        &self,
+        sink: &Sink,
+        id: Option<u64>,
+        method: &str,
+        params: &Value,
+    ) -> Result<(), Error> {
+        let bytes = self.codec.encode_call(id, method, params);
+        let frame = message(self.codec, bytes).map_err(|e| Error::Codec(e.to_string()))?;
+        sink.send(frame).map_err(Error::from)
     }
 
     fn call(&self, method: &str, params: Value, timeout: Duration) -> Result<Value, Error> {
@@ -448,11 +474,7 @@ impl Inner {
             state.pending.insert(id, tx);
             sink
         };
-        let frame = json::encode_call(Some(id), method, &params);
-        let sent = String::from_utf8(frame)
-            .map_err(|e| Error::Codec(e.to_string()))
-            .and_then(|text| sink.send(Message::Text(text.into())).map_err(Error::from));
-        if let Err(e) = sent {
+        if let Err(e) = self.send_on(&sink, Some(id), method, &params) {
             lock(&self.state).pending.remove(&id);
             return Err(e);
         }

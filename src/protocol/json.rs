@@ -7,8 +7,9 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{Call, Id, Incoming, Item, Params, Reply, ServerMessage};
-use crate::error::{RpcError, codes};
+use super::{
+    Id, Incoming, Item, Member, Members, Params, Reply, invalid_request, parse_error, validate,
+};
 
 /// The members of a request object, each kept as raw JSON so it is checked once and
 /// params are parsed straight into the handler's type later.
@@ -33,25 +34,10 @@ pub(crate) fn looks_like_json(bytes: &[u8]) -> bool {
     matches!(first_byte(bytes), Some(b'{') | Some(b'['))
 }
 
-fn parse_error(err: serde_json::Error) -> Reply {
-    Reply::error(
-        None,
-        RpcError::standard(codes::PARSE_ERROR).with_data(err.to_string()),
-    )
-}
-
-fn invalid_request(id: Option<Id>, data: Option<&str>) -> Reply {
-    let mut error = RpcError::standard(codes::INVALID_REQUEST);
-    if let Some(data) = data {
-        error = error.with_data(data);
-    }
-    Reply::error(id, error)
-}
-
 pub(crate) fn decode_requests(frame: &[u8]) -> Incoming<'_> {
     match first_byte(frame) {
         Some(b'{') => match serde_json::from_slice::<Envelope>(frame) {
-            Ok(envelope) => Incoming::Single(validate(envelope)),
+            Ok(envelope) => Incoming::Single(validate_envelope(envelope)),
             Err(e) if e.is_data() => Incoming::Refused(invalid_request(None, Some(&e.to_string()))),
             Err(e) => Incoming::Refused(parse_error(e)),
         },
@@ -75,60 +61,46 @@ fn decode_item(raw: &RawValue) -> Item<'_> {
         return Err(invalid_request(None, None));
     }
     match serde_json::from_str::<Envelope>(raw.get()) {
-        Ok(envelope) => validate(envelope),
+        Ok(envelope) => validate_envelope(envelope),
         Err(e) => Err(invalid_request(None, Some(&e.to_string()))),
     }
 }
 
-/// The checks of rpc-websockets' `_runMethod`, in its order, with the contract's fixes.
-fn validate(envelope: Envelope<'_>) -> Item<'_> {
-    let id = match envelope.id {
-        None => None,
-        Some(raw) => match serde_json::from_str::<Id>(raw.get()) {
-            Ok(id) => Some(id),
-            Err(_) => return Err(invalid_request(None, Some("Invalid id"))),
-        },
-    };
-    let version = envelope.jsonrpc.and_then(json_str);
-    if version.as_deref() != Some("2.0") {
-        return Err(invalid_request(id, Some("Invalid JSON RPC version")));
+impl<'a> Member<'a> for &'a RawValue {
+    fn id(self) -> Option<Id> {
+        serde_json::from_str(self.get()).ok()
     }
-    let method = match envelope.method {
-        Some(raw) if !is_falsy(raw) => match json_str(raw) {
-            Some(method) => method,
-            None => return Err(invalid_request(id, Some("Invalid method name"))),
-        },
-        _ => {
-            let error = RpcError::standard(codes::INVALID_PARAMS).with_data("Method not specified");
-            return Err(Reply::error(id, error));
+
+    fn string(self) -> Option<Cow<'a, str>> {
+        serde_json::from_str::<&str>(self.get())
+            .map(Cow::Borrowed)
+            .or_else(|_| serde_json::from_str::<String>(self.get()).map(Cow::Owned))
+            .ok()
+    }
+
+    fn is_falsy(self) -> bool {
+        match serde_json::from_str::<Value>(self.get()) {
+            Ok(Value::Bool(b)) => !b,
+            Ok(Value::Number(n)) => n.as_f64() == Some(0.0),
+            Ok(Value::String(s)) => s.is_empty(),
+            _ => false,
         }
-    };
-    let params = match envelope.params {
-        None => Params::Absent,
-        Some(raw) if matches!(first_byte(raw.get().as_bytes()), Some(b'[') | Some(b'{')) => {
-            Params::Json(raw)
-        }
-        Some(_) => return Err(invalid_request(id, None)),
-    };
-    Ok(Call { id, method, params })
+    }
+
+    fn params(self) -> Option<Params<'a>> {
+        matches!(first_byte(self.get().as_bytes()), Some(b'[') | Some(b'{'))
+            .then_some(Params::Json(self))
+    }
 }
 
-/// A JSON string's value, borrowed when it has no escapes.
-fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    serde_json::from_str::<&str>(raw.get())
-        .map(Cow::Borrowed)
-        .or_else(|_| serde_json::from_str::<String>(raw.get()).map(Cow::Owned))
-        .ok()
-}
-
-/// JavaScript's `!value` for the values a method name can take.
-fn is_falsy(raw: &RawValue) -> bool {
-    match serde_json::from_str::<Value>(raw.get()) {
-        Ok(Value::Bool(b)) => !b,
-        Ok(Value::Number(n)) => n.as_f64() == Some(0.0),
-        Ok(Value::String(s)) => s.is_empty(),
-        _ => false,
-    }
+fn validate_envelope(envelope: Envelope<'_>) -> Item<'_> {
+    let members = Members {
+        jsonrpc: envelope.jsonrpc,
+        method: envelope.method,
+        params: envelope.params,
+        id: envelope.id,
+    };
+    validate(members, true)
 }
 
 pub(crate) fn encode_replies(replies: &[Reply], batch: bool) -> Vec<u8> {
@@ -200,58 +172,11 @@ pub(crate) fn encode_call(id: Option<u64>, method: &str, params: &Value) -> Vec<
     out
 }
 
-/// Read what a server sent: replies (single or batched) and events. Messages of no
-/// known shape are skipped, as the JavaScript client does.
-pub(crate) fn decode_server_message(frame: &[u8]) -> Result<Vec<ServerMessage>, String> {
-    let value: Value = serde_json::from_slice(frame).map_err(|e| e.to_string())?;
-    let items = match value {
-        Value::Array(items) => items,
-        single => vec![single],
-    };
-    Ok(items.into_iter().filter_map(server_message).collect())
-}
-
-fn server_message(value: Value) -> Option<ServerMessage> {
-    let Value::Object(mut obj) = value else {
-        return None;
-    };
-    if let Some(Value::String(name)) = obj.remove("notification") {
-        let params = obj.remove("params").unwrap_or(Value::Array(Vec::new()));
-        return Some(ServerMessage::Event { name, params });
-    }
-    let id = match obj.remove("id") {
-        Some(Value::Null) | None => None,
-        Some(raw) => Some(serde_json::from_value::<Id>(raw).ok()?),
-    };
-    if let Some(error) = obj.remove("error") {
-        let error = serde_json::from_value::<RpcError>(error).unwrap_or_else(|e| {
-            RpcError::new(codes::INTERNAL_ERROR, "Malformed error").with_data(e.to_string())
-        });
-        return Some(ServerMessage::Reply {
-            id,
-            outcome: Err(error),
-        });
-    }
-    if let Some(result) = obj.remove("result") {
-        return Some(ServerMessage::Reply {
-            id,
-            outcome: Ok(result),
-        });
-    }
-    // A JSON-RPC notification pushed by the server ({"method", "params"} without id).
-    match (id, obj.remove("method")) {
-        (None, Some(Value::String(name))) => {
-            let params = obj.remove("params").unwrap_or(Value::Array(Vec::new()));
-            Some(ServerMessage::Event { name, params })
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Codec, Encoded};
+    use crate::error::{RpcError, codes};
+    use crate::protocol::{Codec, Encoded, ServerMessage};
     use serde_json::json;
 
     fn single(frame: &str) -> Item<'_> {
@@ -451,7 +376,9 @@ mod tests {
 
     #[test]
     fn server_messages_decode() {
-        let msgs = decode_server_message(br#"{"jsonrpc":"2.0","result":8,"id":1}"#).unwrap();
+        let msgs = Codec::Json
+            .decode_server_message(br#"{"jsonrpc":"2.0","result":8,"id":1}"#)
+            .unwrap();
         assert_eq!(
             msgs,
             vec![ServerMessage::Reply {
@@ -459,7 +386,7 @@ mod tests {
                 outcome: Ok(json!(8))
             }]
         );
-        let msgs = decode_server_message(
+        let msgs = Codec::Json.decode_server_message(
             br#"{"jsonrpc":"2.0","error":{"code":-32050,"message":"Server error","data":"d"},"id":2}"#,
         )
         .unwrap();
@@ -470,7 +397,9 @@ mod tests {
             panic!("expected an error reply")
         };
         assert_eq!((e.code, e.data.clone()), (-32050, Some(json!("d"))));
-        let msgs = decode_server_message(br#"{"notification":"feed","params":[1]}"#).unwrap();
+        let msgs = Codec::Json
+            .decode_server_message(br#"{"notification":"feed","params":[1]}"#)
+            .unwrap();
         assert_eq!(
             msgs,
             vec![ServerMessage::Event {
@@ -478,6 +407,6 @@ mod tests {
                 params: json!([1])
             }]
         );
-        assert!(decode_server_message(b"{").is_err());
+        assert!(Codec::Json.decode_server_message(b"{").is_err());
     }
 }

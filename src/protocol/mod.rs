@@ -5,6 +5,7 @@
 //! reply a call gets is decided in `server::calls`; this module only knows shapes.
 
 pub(crate) mod json;
+pub(crate) mod msgpack;
 
 use std::borrow::Cow;
 
@@ -20,6 +21,8 @@ use crate::error::{RpcError, codes};
 pub(crate) enum Codec {
     /// JSON in text frames.
     Json,
+    /// MessagePack maps with string keys, in binary frames.
+    MsgPack,
 }
 
 /// A request id: a number or a string, echoed back as it came.
@@ -45,6 +48,9 @@ pub(crate) enum Params<'a> {
     Absent,
     /// JSON text of an array or an object.
     Json(&'a RawValue),
+    /// A MessagePack array or map (already checked to be well formed). Unless `raw`,
+    /// values JSON cannot carry are refused.
+    MsgPack { bytes: &'a [u8], raw: bool },
 }
 
 impl Params<'_> {
@@ -52,15 +58,97 @@ impl Params<'_> {
         matches!(self, Params::Absent)
     }
 
+    /// The same params for a handler that accepts any MessagePack value.
+    pub(crate) fn allowing_raw(self) -> Self {
+        match self {
+            Params::MsgPack { bytes, .. } => Params::MsgPack { bytes, raw: true },
+            other => other,
+        }
+    }
+
     /// Deserialize into the handler's type; absent params read as `null`, so `()`,
     /// `Option<T>` and `serde_json::Value` accept them.
     pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
-        let parsed = match self {
+        let parsed = match *self {
             Params::Absent => T::deserialize(Value::Null).map_err(|e| e.to_string()),
             Params::Json(raw) => serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
+            Params::MsgPack { bytes, raw: true } => msgpack::from_slice(bytes),
+            Params::MsgPack { bytes, raw: false } => msgpack::to_json(bytes, true)
+                .map_err(|problem| format!("params hold {problem}, which JSON cannot carry"))
+                .and_then(|value| T::deserialize(value).map_err(|e| e.to_string())),
         };
         parsed.map_err(|msg| RpcError::standard(codes::INVALID_PARAMS).with_data(msg))
     }
+}
+
+/// One member of a request object as its codec holds it, not yet interpreted.
+pub(crate) trait Member<'a>: Copy {
+    /// The value as an id: `None` unless it is a number or a string.
+    fn id(self) -> Option<Id>;
+    /// The value of a string, `None` for anything else.
+    fn string(self) -> Option<Cow<'a, str>>;
+    /// JavaScript's `!value` (`false`, `0`, `""`).
+    fn is_falsy(self) -> bool;
+    /// The value as params: `None` unless it is an array or an object.
+    fn params(self) -> Option<Params<'a>>;
+}
+
+/// The members of a request object a codec found (`null` counts as absent).
+pub(crate) struct Members<M> {
+    pub jsonrpc: Option<M>,
+    pub method: Option<M>,
+    pub params: Option<M>,
+    pub id: Option<M>,
+}
+
+/// The checks of rpc-websockets' `_runMethod`, in its order, with the contract's
+/// fixes; the same for every codec. MessagePack may leave out `jsonrpc`.
+pub(crate) fn validate<'a, M: Member<'a>>(members: Members<M>, version_required: bool) -> Item<'a> {
+    let id = match members.id {
+        None => None,
+        Some(value) => match value.id() {
+            Some(id) => Some(id),
+            None => return Err(invalid_request(None, Some("Invalid id"))),
+        },
+    };
+    match members.jsonrpc.map(Member::string) {
+        Some(Some(version)) if version == "2.0" => {}
+        None if !version_required => {}
+        _ => return Err(invalid_request(id, Some("Invalid JSON RPC version"))),
+    }
+    let method = match members.method {
+        Some(value) if !value.is_falsy() => match value.string() {
+            Some(method) => method,
+            None => return Err(invalid_request(id, Some("Invalid method name"))),
+        },
+        _ => {
+            let error = RpcError::standard(codes::INVALID_PARAMS).with_data("Method not specified");
+            return Err(Reply::error(id, error));
+        }
+    };
+    let params = match members.params {
+        None => Params::Absent,
+        Some(value) => match value.params() {
+            Some(params) => params,
+            None => return Err(invalid_request(id, None)),
+        },
+    };
+    Ok(Call { id, method, params })
+}
+
+/// `-32600 Invalid Request`, with `data` when given.
+pub(crate) fn invalid_request(id: Option<Id>, data: Option<&str>) -> Reply {
+    let mut error = RpcError::standard(codes::INVALID_REQUEST);
+    if let Some(data) = data {
+        error = error.with_data(data);
+    }
+    Reply::error(id, error)
+}
+
+/// `-32700 Parse error` with the decoder's message.
+pub(crate) fn parse_error(message: impl std::fmt::Display) -> Reply {
+    let error = RpcError::standard(codes::PARSE_ERROR).with_data(message.to_string());
+    Reply::error(None, error)
 }
 
 /// One well-formed call from a client.
@@ -108,26 +196,59 @@ impl Reply {
 }
 
 impl Codec {
+    /// The codec of a frame: text is JSON; binary is MessagePack unless its first
+    /// non-space byte is `{` or `[` (JSON in a binary frame, as the Node server allows).
+    pub(crate) fn of_frame(binary: bool, payload: &[u8]) -> Codec {
+        if binary && !json::looks_like_json(payload) {
+            Codec::MsgPack
+        } else {
+            Codec::Json
+        }
+    }
+
+    /// A small index, for tables with one entry per codec.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) const ALL: [Codec; 2] = [Codec::Json, Codec::MsgPack];
+
+    /// The codec a client asked for by name (`encoding=` or a subprotocol).
+    pub(crate) fn named(name: &str) -> Option<Codec> {
+        match name.trim() {
+            "json" => Some(Codec::Json),
+            "msgpack" => Some(Codec::MsgPack),
+            _ => None,
+        }
+    }
+
+    /// Whether this codec's frames are binary.
+    pub(crate) fn is_binary(self) -> bool {
+        self == Codec::MsgPack
+    }
+
     /// Split a frame into calls, validating each per the contract.
     pub(crate) fn decode_requests(self, frame: &[u8]) -> Incoming<'_> {
         match self {
             Codec::Json => json::decode_requests(frame),
+            Codec::MsgPack => msgpack::decode_requests(frame),
         }
     }
 
     /// Encode a handler's result value.
     pub(crate) fn encode_value<T: Serialize + ?Sized>(self, value: &T) -> Result<Encoded, String> {
-        match self {
-            Codec::Json => serde_json::to_vec(value)
-                .map(Encoded)
-                .map_err(|e| e.to_string()),
-        }
+        let encoded = match self {
+            Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+            Codec::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
+        };
+        encoded.map(Encoded)
     }
 
     /// Encode the replies of one frame: one reply as itself, a batch as an array.
     pub(crate) fn encode_replies(self, replies: &[Reply], batch: bool) -> Vec<u8> {
         match self {
             Codec::Json => json::encode_replies(replies, batch),
+            Codec::MsgPack => msgpack::encode_replies(replies, batch),
         }
     }
 
@@ -135,7 +256,25 @@ impl Codec {
     pub(crate) fn encode_event(self, name: &str, params: &Value) -> Vec<u8> {
         match self {
             Codec::Json => json::encode_event(name, params),
+            Codec::MsgPack => msgpack::encode_event(name, params),
         }
+    }
+
+    /// Encode a call (with an id) or a notification as a client sends it.
+    pub(crate) fn encode_call(self, id: Option<u64>, method: &str, params: &Value) -> Vec<u8> {
+        match self {
+            Codec::Json => json::encode_call(id, method, params),
+            Codec::MsgPack => msgpack::encode_call(id, method, params),
+        }
+    }
+
+    /// Read what a server sent.
+    pub(crate) fn decode_server_message(self, frame: &[u8]) -> Result<Vec<ServerMessage>, String> {
+        let value = match self {
+            Codec::Json => serde_json::from_slice(frame).map_err(|e| e.to_string())?,
+            Codec::MsgPack => msgpack::to_json(frame, false)?,
+        };
+        Ok(server_messages(value))
     }
 }
 
@@ -159,6 +298,53 @@ pub(crate) enum ServerMessage {
     },
     /// A pushed event.
     Event { name: String, params: Value },
+}
+
+/// Replies (single or batched) and events in a decoded frame. Messages of no known
+/// shape are skipped, as the JavaScript client does.
+fn server_messages(value: Value) -> Vec<ServerMessage> {
+    let items = match value {
+        Value::Array(items) => items,
+        single => vec![single],
+    };
+    items.into_iter().filter_map(server_message).collect()
+}
+
+fn server_message(value: Value) -> Option<ServerMessage> {
+    let Value::Object(mut obj) = value else {
+        return None;
+    };
+    if let Some(Value::String(name)) = obj.remove("notification") {
+        let params = obj.remove("params").unwrap_or(Value::Array(Vec::new()));
+        return Some(ServerMessage::Event { name, params });
+    }
+    let id = match obj.remove("id") {
+        Some(Value::Null) | None => None,
+        Some(raw) => Some(serde_json::from_value::<Id>(raw).ok()?),
+    };
+    if let Some(error) = obj.remove("error") {
+        let error = serde_json::from_value::<RpcError>(error).unwrap_or_else(|e| {
+            RpcError::new(codes::INTERNAL_ERROR, "Malformed error").with_data(e.to_string())
+        });
+        return Some(ServerMessage::Reply {
+            id,
+            outcome: Err(error),
+        });
+    }
+    if let Some(result) = obj.remove("result") {
+        return Some(ServerMessage::Reply {
+            id,
+            outcome: Ok(result),
+        });
+    }
+    // A JSON-RPC notification pushed by the server ({"method", "params"} without id).
+    match (id, obj.remove("method")) {
+        (None, Some(Value::String(name))) => {
+            let params = obj.remove("params").unwrap_or(Value::Array(Vec::new()));
+            Some(ServerMessage::Event { name, params })
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -235,6 +235,11 @@ fn run_method(
     if method.protected && !ctx.logged_in {
         return Err(refused(codes::METHOD_FORBIDDEN));
     }
+    let params = if method.raw_values {
+        params.allowing_raw()
+    } else {
+        params
+    };
     guarded(name, || (method.run)(params, &ctx, codec))
 }
 

@@ -10,7 +10,7 @@
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,8 @@ use super::dispatcher::Command;
 use super::registry::View;
 use crate::error::Error;
 use crate::lock;
-use crate::protocol::{Codec, json};
-use crate::transport::{ConnStream, Sink, close_info};
+use crate::protocol::Codec;
+use crate::transport::{ConnStream, Sink, close_info, message};
 
 type Reader = WebSocket<ConnStream>;
 
@@ -68,10 +68,13 @@ pub(crate) struct Conn {
     in_flight: AtomicUsize,
     /// Why the server dropped the connection, if it did.
     dropped_for: Mutex<Option<(u16, String)>>,
+    /// The codec events are sent in: 0 until settled (JSON meanwhile), then
+    /// `Codec::index() + 1`. Declared at the handshake or taken from the first frame.
+    codec: AtomicU8,
 }
 
 impl Conn {
-    fn new(session: Session, sink: Arc<Sink>, queue: usize) -> Self {
+    fn new(session: Session, sink: Arc<Sink>, queue: usize, codec: Option<Codec>) -> Self {
         let (outbox, inbox) = crossbeam_channel::unbounded();
         Conn {
             session,
@@ -88,7 +91,24 @@ impl Conn {
             seen_epoch: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             dropped_for: Mutex::new(None),
+            codec: AtomicU8::new(codec.map_or(0, |c| c.index() as u8 + 1)),
         }
+    }
+
+    /// The codec of the connection's events.
+    pub(crate) fn codec(&self) -> Codec {
+        match self.codec.load(Ordering::Relaxed) {
+            0 => Codec::Json,
+            n => Codec::ALL[usize::from(n - 1)],
+        }
+    }
+
+    /// Take the first request's codec as the connection's, if none was declared.
+    fn settle_codec(&self, codec: Codec) {
+        let settled = codec.index() as u8 + 1;
+        let _ = self
+            .codec
+            .compare_exchange(0, settled, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Queue a frame for the writer thread; `false` when the queue is full.
@@ -247,9 +267,10 @@ fn open(
     let deadline = Instant::now() + config.handshake_timeout;
     let sink = Arc::new(Sink::new(stream, Role::Server, config.websocket()));
     let mut info = None;
+    let mut declared = None;
     // tungstenite's callback type fixes the (large) error response type.
     #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, response: Response| {
+    let callback = |request: &Request, mut response: Response| {
         let found = request_info(request, peer_addr);
         let refused = server.config().refuse_unknown_namespaces
             && (server.registry().namespace(&found.namespace)).is_none_or(|t| t.is_empty());
@@ -258,6 +279,7 @@ fn open(
             *error.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
             return Err(error);
         }
+        declared = declared_codec(request, &found, &mut response);
         info = Some(found);
         Ok(response)
     };
@@ -278,7 +300,7 @@ fn open(
     let info = info?;
     reader.get_mut().opened().ok()?;
     let session = Session::new(key, info.socket_id.clone(), info.namespace.clone());
-    let conn = Arc::new(Conn::new(session, sink, config.outgoing_queue));
+    let conn = Arc::new(Conn::new(session, sink, config.outgoing_queue, declared));
     Some((conn, reader, info))
 }
 
@@ -311,6 +333,32 @@ fn request_info(request: &Request, peer_addr: Option<std::net::SocketAddr>) -> C
     }
 }
 
+/// The codec a client declared: a subprotocol it offers (`msgpack` or `json`, which the
+/// response then names) or `?encoding=msgpack|json`.
+fn declared_codec(
+    request: &Request,
+    info: &ConnectionInfo,
+    response: &mut Response,
+) -> Option<Codec> {
+    use tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+    let offered = request
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|name| Codec::named(name).map(|codec| (name.trim().to_owned(), codec)));
+    if let Some((name, codec)) = offered {
+        if let Ok(value) = name.parse() {
+            response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
+        }
+        return Some(codec);
+    }
+    info.query_param("encoding")
+        .as_deref()
+        .and_then(Codec::named)
+}
+
 /// A random id in the shape of a version 4 UUID, as rpc-websockets makes them.
 fn new_socket_id() -> String {
     let random = || {
@@ -337,13 +385,9 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
             Ok(message) => message,
             Err(e) => break e,
         };
-        let payload: &[u8] = match &message {
-            Message::Text(text) => text.as_bytes(),
-            Message::Binary(bytes) if json::looks_like_json(bytes) => bytes,
-            Message::Binary(_) => {
-                refuse_binary(&conn);
-                continue;
-            }
+        let (payload, binary): (&[u8], bool) = match &message {
+            Message::Text(text) => (text.as_bytes(), false),
+            Message::Binary(bytes) => (bytes, true),
             Message::Close(frame) => {
                 conn.sink.peer_closed();
                 peer_close = Some(close_info(frame.as_ref()));
@@ -351,11 +395,15 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
             }
             _ => continue,
         };
+        // Replies use the codec of the request; the first request also settles the
+        // connection's codec for events, unless the handshake declared it.
+        let codec = Codec::of_frame(binary, payload);
+        conn.settle_codec(codec);
         let table = view.current(server.registry(), &conn.session.namespace);
         conn.park(&server, reader);
-        let reply = calls::handle_frame(&server, &conn.session, table, Codec::Json, payload);
+        let reply = calls::handle_frame(&server, &conn.session, table, codec, payload);
         if let Some(reply) = reply {
-            send_reply(&conn, reply);
+            send_reply(&conn, codec, reply);
         }
         match conn.unpark() {
             Some(back) => reader = back,
@@ -365,18 +413,10 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
     finish(&server, &conn, peer_close, error);
 }
 
-/// MessagePack is not spoken yet: a binary frame that is not JSON gets a parse error.
-fn refuse_binary(conn: &Conn) {
-    let error = crate::error::RpcError::standard(crate::error::codes::PARSE_ERROR)
-        .with_data("binary frames must hold JSON");
-    let reply = crate::protocol::Reply::error(None, error);
-    send_reply(conn, Codec::Json.encode_replies(&[reply], false));
-}
-
-fn send_reply(conn: &Conn, reply: Vec<u8>) {
-    match tungstenite::Utf8Bytes::try_from(reply) {
-        Ok(text) => {
-            if let Err(e) = conn.sink.send(Message::Text(text)) {
+fn send_reply(conn: &Conn, codec: Codec, reply: Vec<u8>) {
+    match message(codec, reply) {
+        Ok(frame) => {
+            if let Err(e) = conn.sink.send(frame) {
                 log::debug!("reply to {} not sent: {e}", conn.session.socket_id);
             }
         }

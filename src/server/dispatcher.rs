@@ -11,11 +11,11 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 use tungstenite::Message;
-use tungstenite::protocol::frame::Utf8Bytes;
 
 use super::Server;
 use super::connection::{Conn, Outgoing};
 use crate::protocol::Codec;
+use crate::transport::message;
 
 /// Everything the dispatcher is asked to do.
 pub(crate) enum Command {
@@ -236,17 +236,12 @@ impl Dispatcher {
         else {
             return;
         };
-        // Encoded once; every subscriber's frame shares the same bytes.
-        let text = Codec::Json.encode_event(event, params);
-        let frame = match Utf8Bytes::try_from(text) {
-            Ok(text) => Message::Text(text),
-            Err(e) => {
-                log::error!("event '{event}' did not encode as UTF-8: {e}");
-                return;
-            }
-        };
+        let mut frames = EventFrames::new(event, params);
         for conn in subscribers.values() {
-            if !conn.push(&self.server, Outgoing::Frame(frame.clone())) {
+            let Some(frame) = frames.get(conn.codec()) else {
+                continue;
+            };
+            if !conn.push(&self.server, Outgoing::Frame(frame)) {
                 log::warn!(
                     "client {} let its outgoing queue fill up; disconnecting it",
                     conn.session.socket_id
@@ -312,5 +307,70 @@ impl Dispatcher {
             Command::Emit { .. } | Command::Subscribe { .. } | Command::Unsubscribe { .. } => {}
             other => self.handle(other),
         }
+    }
+}
+
+/// One event's frames, encoded on first use for each codec: however many subscribers
+/// there are, the event is encoded at most once per codec and the frames share bytes.
+struct EventFrames<'a> {
+    name: &'a str,
+    params: &'a Value,
+    frames: [Option<Message>; 2],
+    #[cfg(test)]
+    encodings: usize,
+}
+
+impl<'a> EventFrames<'a> {
+    fn new(name: &'a str, params: &'a Value) -> Self {
+        EventFrames {
+            name,
+            params,
+            frames: [None, None],
+            #[cfg(test)]
+            encodings: 0,
+        }
+    }
+
+    fn get(&mut self, codec: Codec) -> Option<Message> {
+        let slot = &mut self.frames[codec.index()];
+        if slot.is_none() {
+            #[cfg(test)]
+            {
+                self.encodings += 1;
+            }
+            match message(codec, codec.encode_event(self.name, self.params)) {
+                Ok(frame) => *slot = Some(frame),
+                Err(e) => log::error!("event '{}' did not encode: {e}", self.name),
+            }
+        }
+        slot.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_event_is_encoded_once_per_codec() {
+        let params = json!({"a": 1});
+        let mut frames = EventFrames::new("feed", &params);
+        for _ in 0..3 {
+            for codec in [Codec::Json, Codec::MsgPack] {
+                assert!(frames.get(codec).is_some());
+            }
+        }
+        assert_eq!(frames.encodings, 2);
+        assert_eq!(
+            frames.get(Codec::Json),
+            Some(Message::Text(
+                r#"{"notification":"feed","params":{"a":1}}"#.into()
+            ))
+        );
+        assert!(matches!(
+            frames.get(Codec::MsgPack),
+            Some(Message::Binary(_))
+        ));
     }
 }

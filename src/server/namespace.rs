@@ -197,6 +197,20 @@ impl MethodHandle {
         self.set(false)
     }
 
+    /// Let MessagePack callers send values JSON cannot carry (binary data, extension
+    /// types, maps with keys that are not strings): the handler's params type is then
+    /// deserialized straight from MessagePack, so it can hold, say,
+    /// `serde_bytes::ByteBuf`. Without this such params get `-32602 Invalid params`
+    /// naming what JSON cannot carry. JSON callers are not affected.
+    pub fn allow_raw_values(&self) -> &Self {
+        let name = &self.name;
+        self.ns
+            .server
+            .registry()
+            .update(&self.ns.path, |t| t.allow_raw_values(name, true));
+        self
+    }
+
     fn set(&self, protected: bool) -> &Self {
         let name = &self.name;
         self.ns

@@ -28,6 +28,8 @@ pub(crate) const RESERVED: [&str; 4] = ["rpc.on", "rpc.off", "rpc.login", "__lis
 pub(crate) struct Method {
     pub run: Arc<MethodFn>,
     pub protected: bool,
+    /// Accepts MessagePack values JSON cannot carry.
+    pub raw_values: bool,
 }
 
 /// One namespace as connections see it.
@@ -79,6 +81,7 @@ impl NamespaceTable {
         let method = Method {
             run,
             protected: false,
+            raw_values: false,
         };
         if self.methods.insert(name.to_owned(), method).is_none() {
             self.method_order.push(name.to_owned());
@@ -88,6 +91,12 @@ impl NamespaceTable {
     pub(crate) fn protect_method(&mut self, name: &str, protected: bool) {
         if let Some(method) = self.methods.get_mut(name) {
             method.protected = protected;
+        }
+    }
+
+    pub(crate) fn allow_raw_values(&mut self, name: &str, allow: bool) {
+        if let Some(method) = self.methods.get_mut(name) {
+            method.raw_values = allow;
         }
     }
 
