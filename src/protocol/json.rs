@@ -79,10 +79,14 @@ impl<'a> Member<'a> for &'a RawValue {
     }
 
     fn is_falsy(self) -> bool {
-        match serde_json::from_str::<Value>(self.get()) {
-            Ok(Value::Bool(b)) => !b,
-            Ok(Value::Number(n)) => n.as_f64() == Some(0.0),
-            Ok(Value::String(s)) => s.is_empty(),
+        // Read off the raw text: this runs for every call's method name.
+        match self.get() {
+            "false" | "\"\"" => true,
+            number
+                if number.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) =>
+            {
+                number.parse::<f64>().is_ok_and(|x| x == 0.0)
+            }
             _ => false,
         }
     }
@@ -278,6 +282,9 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1}"#,
             r#"{"jsonrpc":"2.0","method":"","id":1}"#,
             r#"{"jsonrpc":"2.0","method":null,"id":1}"#,
+            r#"{"jsonrpc":"2.0","method":false,"id":1}"#,
+            r#"{"jsonrpc":"2.0","method":0,"id":1}"#,
+            r#"{"jsonrpc":"2.0","method":-0.0,"id":1}"#,
         ] {
             let (_, code, data) = error_of(single(frame));
             assert_eq!(code, -32602, "{frame}");
@@ -287,9 +294,12 @@ mod tests {
 
     #[test]
     fn non_string_method_is_invalid_method_name() {
-        let (_, code, data) = error_of(single(r#"{"jsonrpc":"2.0","method":5,"id":1}"#));
-        assert_eq!(code, -32600);
-        assert_eq!(data, Some(json!("Invalid method name")));
+        for method in ["5", "true", "[]", "{}", "0.5"] {
+            let frame = format!(r#"{{"jsonrpc":"2.0","method":{method},"id":1}}"#);
+            let (_, code, data) = error_of(single(&frame));
+            assert_eq!(code, -32600, "{method}");
+            assert_eq!(data, Some(json!("Invalid method name")));
+        }
     }
 
     #[test]

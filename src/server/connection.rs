@@ -105,6 +105,9 @@ impl Conn {
 
     /// Take the first request's codec as the connection's, if none was declared.
     fn settle_codec(&self, codec: Codec) {
+        if self.codec.load(Ordering::Relaxed) != 0 {
+            return;
+        }
         let settled = codec.index() as u8 + 1;
         let _ = self
             .codec
