@@ -8,6 +8,8 @@
 //!   chosen by URL path, login with protected methods and events, lifecycle callbacks.
 //! * [`Client`]: blocking calls with timeouts, notifications, subscriptions with
 //!   callbacks, login, and reconnection. It is `Send + Sync`: share it between threads.
+//! * Two codecs per connection: JSON in text frames, and the same messages as
+//!   MessagePack in binary frames ([`ClientBuilder::msgpack`]; a server serves both).
 //!
 //! ```
 //! use wsrpc::{Client, RpcError, Server};
