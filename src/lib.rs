@@ -53,7 +53,7 @@ mod protocol;
 mod server;
 mod transport;
 
-pub use client::{Client, ClientBuilder, CloseInfo};
+pub use client::{Client, ClientBuilder, CloseInfo, CloseKind};
 pub use error::{Error, RpcError, codes};
 pub use server::{
     ConnectionInfo, Context, DisconnectInfo, EventHandle, MethodHandle, Namespace, Server,

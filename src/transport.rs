@@ -11,7 +11,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -145,13 +145,63 @@ fn truncate_reason(reason: &str) -> String {
 /// Frames larger than this do not keep their buffer once sent.
 const LARGE_FRAME: usize = 64 << 10;
 
+/// Keep-alive settings of one side: ping a silent peer, give up on one silent too long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Heartbeat {
+    /// Ping after this long without hearing from the peer; `None`: never.
+    pub ping_interval: Option<Duration>,
+    /// Close a peer silent this long; `None`: never.
+    pub peer_timeout: Option<Duration>,
+}
+
+/// What an idle reader should do.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Idle {
+    Wait,
+    Ping,
+    /// The peer has been silent past the timeout.
+    Dead,
+}
+
+impl Heartbeat {
+    /// How often an idle reader wakes to look: half the shorter period, so a peer is
+    /// pinged and given up on within half a period of the due time. No thread or timer
+    /// is needed: it is the socket's read timeout.
+    pub(crate) fn tick(&self) -> Option<Duration> {
+        let shortest = match (self.ping_interval, self.peer_timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some((shortest / 2).max(Duration::from_millis(5)))
+    }
+
+    fn idle(&self, silent: Duration, since_ping: Option<Duration>) -> Idle {
+        if self.peer_timeout.is_some_and(|t| silent >= t) {
+            return Idle::Dead;
+        }
+        match self.ping_interval {
+            // One ping per interval of silence.
+            Some(every) if silent >= every && since_ping.is_none_or(|p| p >= every) => Idle::Ping,
+            _ => Idle::Wait,
+        }
+    }
+}
+
+/// Whether a read failed only because the socket's read timeout passed.
+pub(crate) fn is_timeout(error: &tungstenite::Error) -> bool {
+    matches!(error, tungstenite::Error::Io(e)
+        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
 /// The stream the reader's tungstenite context owns: reads from the socket, writes
-/// through the sink.
+/// through the sink, and notes when the peer was last heard from.
 pub(crate) struct ConnStream {
     sink: Arc<Sink>,
     /// While set (during the handshake), reads fail once it has passed: a peer that
     /// sends a byte now and then cannot stretch the handshake.
     deadline: Option<Instant>,
+    heard: Instant,
+    pinged: Option<Instant>,
 }
 
 impl ConnStream {
@@ -160,13 +210,28 @@ impl ConnStream {
         ConnStream {
             sink,
             deadline: Some(deadline),
+            heard: Instant::now(),
+            pinged: None,
         }
     }
 
-    /// The handshake is over: reads block as long as they need.
-    pub(crate) fn opened(&mut self) -> io::Result<()> {
+    /// The handshake is over: reads wait for data, waking each heartbeat tick.
+    pub(crate) fn opened(&mut self, heartbeat: &Heartbeat) -> io::Result<()> {
         self.deadline = None;
-        self.sink.stream.set_read_timeout(None)
+        self.heard = Instant::now();
+        self.sink.stream.set_read_timeout(heartbeat.tick())
+    }
+
+    /// The reader woke without data: ping the peer, or report it dead.
+    pub(crate) fn idle(&mut self, heartbeat: &Heartbeat) -> Idle {
+        let now = Instant::now();
+        let since_ping = self.pinged.map(|p| now - p);
+        let verdict = heartbeat.idle(now - self.heard, since_ping);
+        if verdict == Idle::Ping {
+            self.pinged = Some(now);
+            let _ = self.sink.send(Message::Ping(Default::default()));
+        }
+        verdict
     }
 }
 
@@ -182,7 +247,11 @@ impl Read for ConnStream {
             }
             self.sink.stream.set_read_timeout(Some(left))?;
         }
-        (&self.sink.stream).read(buf)
+        let n = (&self.sink.stream).read(buf)?;
+        if n > 0 {
+            self.heard = Instant::now();
+        }
+        Ok(n)
     }
 }
 
@@ -217,6 +286,43 @@ pub(crate) fn close_info(frame: Option<&CloseFrame>) -> (u16, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_silent_peer_is_pinged_once_per_interval_then_given_up() {
+        let hb = Heartbeat {
+            ping_interval: Some(ms(100)),
+            peer_timeout: Some(ms(300)),
+        };
+        assert_eq!(hb.tick(), Some(ms(50)));
+        assert_eq!(hb.idle(ms(50), None), Idle::Wait);
+        assert_eq!(hb.idle(ms(100), None), Idle::Ping);
+        assert_eq!(hb.idle(ms(150), Some(ms(50))), Idle::Wait);
+        assert_eq!(hb.idle(ms(200), Some(ms(100))), Idle::Ping);
+        assert_eq!(hb.idle(ms(300), Some(ms(10))), Idle::Dead);
+    }
+
+    #[test]
+    fn heartbeats_can_be_turned_off() {
+        let off = Heartbeat {
+            ping_interval: None,
+            peer_timeout: None,
+        };
+        assert_eq!(off.tick(), None);
+        assert_eq!(off.idle(Duration::from_secs(1_000_000), None), Idle::Wait);
+        let pings_only = Heartbeat {
+            ping_interval: Some(ms(40)),
+            peer_timeout: None,
+        };
+        assert_eq!(pings_only.tick(), Some(ms(20)));
+        assert_eq!(
+            pings_only.idle(Duration::from_secs(1_000), None),
+            Idle::Ping
+        );
+    }
 
     #[test]
     fn reasons_are_cut_to_fit_a_control_frame() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{DEADLINE, url, wait_until};
 use serde_json::{Value, json};
-use wsrpc::{Client, CloseInfo, ConnectionInfo, Error, RpcError, Server};
+use wsrpc::{Client, CloseInfo, CloseKind, ConnectionInfo, Error, RpcError, Server};
 
 /// How long to watch for something that must NOT happen (an event after unsubscribing,
 /// a second close report, a reconnect attempt past the cap). Many times the intervals
@@ -516,9 +516,8 @@ fn after_close_calls_fail_closed_and_on_close_reports_1000_once() {
     let info = closes.recv_timeout(DEADLINE).expect("on_close ran");
     assert_eq!(info.code, 1000);
     assert!(!info.reconnecting, "{info:?}");
-    assert_eq!(
-        closes.recv_timeout(QUIET),
-        Err(RecvTimeoutError::Timeout),
+    assert!(
+        matches!(closes.recv_timeout(QUIET), Err(RecvTimeoutError::Timeout)),
         "on_close ran twice"
     );
     // Closing again does nothing.
@@ -617,12 +616,18 @@ fn max_reconnects_caps_the_attempts() {
 
     server.close();
     let info = closes.recv_timeout(DEADLINE).expect("on_close ran");
+    assert_eq!(info.kind, CloseKind::Lost);
     assert!(info.reconnecting, "{info:?}");
-    // The one allowed attempt fails (nothing listens any more)...
+    // The one allowed attempt fails (nothing listens any more), reported once...
     errors.recv_timeout(DEADLINE).expect("the failed reconnect");
+    let failed = closes
+        .recv_timeout(DEADLINE)
+        .expect("on_close for the attempt");
+    assert_eq!((failed.kind, failed.retries), (CloseKind::Unreachable, 1));
+    assert!(!failed.reconnecting, "{failed:?}");
     // ...and no other follows, though the interval passes many times over.
     assert_eq!(errors.recv_timeout(QUIET), Err(RecvTimeoutError::Timeout));
-    assert_eq!(closes.try_recv(), Err(mpsc::TryRecvError::Empty));
+    assert!(matches!(closes.try_recv(), Err(mpsc::TryRecvError::Empty)));
     assert!(!client.is_connected());
     let call = client.call("sum", [1, 1]);
     assert!(matches!(call, Err(Error::NotConnected)), "{call:?}");

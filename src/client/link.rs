@@ -3,7 +3,7 @@
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -14,11 +14,12 @@ use tungstenite::http::header::HeaderName;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use super::{CloseInfo, Inner, Job};
+use super::reconnect::random_unit;
+use super::{CloseInfo, CloseKind, Inner, Job};
 use crate::error::Error;
 use crate::lock;
 use crate::protocol::{Codec, Id, ServerMessage};
-use crate::transport::{ConnStream, Sink, close_info};
+use crate::transport::{ConnStream, Idle, Sink, close_info, is_timeout};
 
 /// What the client's owner tells its I/O thread.
 pub(super) enum Control {
@@ -111,7 +112,7 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>), Error> {
     let mut last_error = Error::InvalidUrl(format!("{host}: no address"));
     let mut stream = None;
     for addr in (host, port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, inner.timeout) {
+        match TcpStream::connect_timeout(&addr, inner.options.timeout) {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -122,18 +123,18 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>), Error> {
     let stream = stream.ok_or(last_error)?;
     stream.set_nodelay(true)?;
     // A send blocked on a server that does not read fails instead of hanging.
-    stream.set_write_timeout(Some(inner.timeout))?;
+    stream.set_write_timeout(Some(inner.options.timeout))?;
     let config = WebSocketConfig::default().read_buffer_size(16 << 10);
     let sink = Arc::new(Sink::new(stream, Role::Client, config));
     {
         // Visible to `close`, which cuts the attempt short.
-        let mut state = lock(&inner.state);
+        let mut state = inner.state();
         if inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
         state.connecting = Some(sink.clone());
     }
-    let stream = ConnStream::handshaking(sink.clone(), Instant::now() + inner.timeout);
+    let stream = ConnStream::handshaking(sink.clone(), Instant::now() + inner.options.timeout);
     let handshake = tungstenite::client::client_with_config(request, stream, Some(config));
     lock(&inner.state).connecting = None;
     let (mut reader, _response) = handshake.map_err(|e| match e {
@@ -142,105 +143,170 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>), Error> {
             Error::Protocol("the handshake timed out".into())
         }
     })?;
-    reader.get_mut().opened()?;
+    reader.get_mut().opened(&inner.options.heartbeat)?;
     Ok((reader, sink))
 }
 
-/// The I/O thread's life: wait, connect, read until the connection drops, repeat.
+/// The I/O thread's life: wait, connect, read until the connection drops, decide
+/// whether and when to try again, repeat.
 pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bool) {
+    let policy = inner.options.policy;
     let mut next_attempt = autoconnect.then(Instant::now);
-    let mut retries: u32 = 0;
+    inner.set_reconnecting(next_attempt.is_some());
+    // Which retry the next attempt is (0: not a retry).
+    let mut retry: u32 = 0;
+    let mut ever_connected = false;
+    // The last close's on_close: it has its say (it may stop retries) before we retry.
+    let mut last_close: Option<(Receiver<()>, Arc<AtomicBool>)> = None;
     loop {
         let wait = match next_attempt {
             None => control.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(at) => control.recv_deadline(at),
         };
-        match wait {
-            // An `open` that was answered by an earlier attempt: keep the schedule.
-            Ok(Control::Open) if lock(&inner.state).waiting.is_empty() => continue,
-            Ok(Control::Open) | Err(RecvTimeoutError::Timeout) => {}
+        let asked = match wait {
+            // An `open` that an earlier attempt answered: keep the schedule.
+            Ok(Control::Open) if inner.state().waiting.is_empty() => continue,
+            Ok(Control::Open) => true,
+            Err(RecvTimeoutError::Timeout) => false,
             Ok(Control::Close) | Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some((done, stop)) = last_close.take() {
+            let _ = done.recv();
+            if stop.load(Ordering::SeqCst) && !asked {
+                next_attempt = None;
+                inner.set_reconnecting(false);
+                continue;
+            }
         }
         if inner.closed.load(Ordering::SeqCst) {
             break;
         }
-        if lock(&inner.state).sink.is_some() {
+        if inner.state().sink.is_some() {
             continue;
         }
-        let (code, reason) = match connect_once(&inner) {
+        inner.set_reconnecting(true);
+        let (kind, code, reason, retries, delay) = match connect_once(&inner) {
             Ok((reader, sink)) => {
-                retries = 0;
-                let waiting = {
-                    let mut state = lock(&inner.state);
-                    if inner.closed.load(Ordering::SeqCst) {
-                        // Closed while connecting: this connection is not wanted.
-                        let _ = sink.close(1000, "");
-                        sink.shutdown();
-                        break;
-                    }
-                    state.sink = Some(sink.clone());
-                    std::mem::take(&mut state.waiting)
+                ever_connected = true;
+                retry = 0;
+                let Some(generation) = install(&inner, &sink) else {
+                    break;
                 };
-                for waiter in waiting {
-                    let _ = waiter.send(Ok(()));
+                let (code, reason) = read_until_closed(&inner, reader, &sink);
+                lost(&inner, &sink, generation);
+                let clean = inner.closed.load(Ordering::SeqCst) || code == 1000;
+                if clean {
+                    (CloseKind::Closed, code, reason, 0, None)
+                } else {
+                    retry = 1;
+                    (
+                        CloseKind::Lost,
+                        code,
+                        reason,
+                        0,
+                        policy.delay(1, random_unit()),
+                    )
                 }
-                let _ = inner.jobs.send(Job::Opened { restore: true });
-                let ended = read_until_closed(&inner, reader, &sink);
-                lost(&inner, &sink);
-                ended
             }
             Err(e) => {
-                let waiting = std::mem::take(&mut lock(&inner.state).waiting);
+                let waiting = std::mem::take(&mut inner.state().waiting);
                 for waiter in waiting {
                     let _ = waiter.send(Err(e.duplicate()));
                 }
+                let reason = e.to_string();
                 let _ = inner.jobs.send(Job::Error(e));
-                next_attempt = schedule(&inner, &mut retries, 1006);
-                continue;
+                let made = retry;
+                let may_retry = ever_connected || policy.retry_if_unreachable;
+                let delay = may_retry
+                    .then(|| policy.delay(made + 1, random_unit()))
+                    .flatten();
+                retry = made + 1;
+                (CloseKind::Unreachable, 1006, reason, made, delay)
             }
         };
+        let delay = delay.filter(|_| !inner.closed.load(Ordering::SeqCst));
+        last_close = Some(report_close(&inner, kind, code, reason, retries, delay));
+        next_attempt = delay.map(|d| Instant::now() + d);
+        inner.set_reconnecting(next_attempt.is_some());
         if inner.closed.load(Ordering::SeqCst) {
-            let _ = inner.jobs.send(Job::Closed(CloseInfo {
-                code,
-                reason,
-                reconnecting: false,
-            }));
             break;
         }
-        next_attempt = schedule(&inner, &mut retries, code);
-        let _ = inner.jobs.send(Job::Closed(CloseInfo {
-            code,
-            reason,
-            reconnecting: next_attempt.is_some(),
-        }));
     }
     let waiting = {
-        let mut state = lock(&inner.state);
+        let mut state = inner.state();
         state.stopped = true;
+        state.reconnecting = false;
         std::mem::take(&mut state.waiting)
     };
+    inner.state_changed.notify_all();
     for waiter in waiting {
         let _ = waiter.send(Err(Error::Closed));
     }
 }
 
-/// When to try again after a close with `code`; a normal close (1000) is final.
-fn schedule(inner: &Inner, retries: &mut u32, code: u16) -> Option<Instant> {
-    if code == 1000 {
-        return None;
+/// Make a new connection current; `None` if the client was closed meanwhile. It is
+/// ready at once unless login or subscriptions need restoring first.
+fn install(inner: &Inner, sink: &Arc<Sink>) -> Option<u64> {
+    let restore = inner.needs_restore();
+    let generation = {
+        let mut state = inner.state();
+        if inner.closed.load(Ordering::SeqCst) {
+            drop(state);
+            let _ = sink.close(1000, "");
+            sink.shutdown();
+            return None;
+        }
+        state.generation += 1;
+        state.sink = Some(sink.clone());
+        state.generation
+    };
+    if !restore {
+        inner.mark_ready(generation);
     }
-    *retries += 1;
-    inner.policy.delay(*retries).map(|d| Instant::now() + d)
+    let _ = inner.jobs.send(Job::Opened {
+        generation,
+        restore,
+    });
+    Some(generation)
+}
+
+/// Tell `on_close` (once for this close); returns what to wait on before a retry.
+fn report_close(
+    inner: &Inner,
+    kind: CloseKind,
+    code: u16,
+    reason: String,
+    retries: u32,
+    next_delay: Option<Duration>,
+) -> (Receiver<()>, Arc<AtomicBool>) {
+    let (done_tx, done_rx) = crossbeam_channel::bounded(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let info = CloseInfo {
+        kind,
+        code,
+        reason,
+        retries,
+        next_delay,
+        reconnecting: next_delay.is_some(),
+        stop: stop.clone(),
+    };
+    log::debug!("connection closed: {info:?}");
+    let _ = inner.jobs.send(Job::Closed(info, done_tx));
+    (done_rx, stop)
 }
 
 /// The connection is gone: forget it and fail every call still waiting on it.
-fn lost(inner: &Inner, sink: &Sink) {
+fn lost(inner: &Inner, sink: &Sink, generation: u64) {
     sink.shutdown();
     let pending = {
-        let mut state = lock(&inner.state);
-        state.sink = None;
+        let mut state = inner.state();
+        if state.generation == generation {
+            state.sink = None;
+            state.ready = false;
+        }
         std::mem::take(&mut state.pending)
     };
+    inner.state_changed.notify_all();
     let closed = inner.closed.load(Ordering::SeqCst);
     for (_, waiter) in pending {
         let _ = waiter.send(Err(if closed {
@@ -252,6 +318,7 @@ fn lost(inner: &Inner, sink: &Sink) {
 }
 
 fn read_until_closed(inner: &Inner, mut reader: Reader, sink: &Sink) -> (u16, String) {
+    let heartbeat = inner.options.heartbeat;
     let mut peer_close = None;
     loop {
         match reader.read() {
@@ -262,6 +329,13 @@ fn read_until_closed(inner: &Inner, mut reader: Reader, sink: &Sink) -> (u16, St
                 peer_close = Some(close_info(frame.as_ref()));
             }
             Ok(_) => {}
+            // The read timeout is the heartbeat's tick.
+            Err(e) if is_timeout(&e) => {
+                if reader.get_mut().idle(&heartbeat) == Idle::Dead {
+                    log::debug!("the server timed out");
+                    return (1006, "server timed out".to_owned());
+                }
+            }
             Err(e) => {
                 log::debug!("connection ended: {e}");
                 return peer_close.unwrap_or((1006, String::new()));

@@ -2,226 +2,30 @@
 //! thread per client reads replies and events and reconnects; one callback thread runs
 //! the user's callbacks, so a callback may itself make calls.
 
+mod builder;
 mod link;
 mod reconnect;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use builder::{ClientBuilder, CloseInfo, CloseKind};
+
 use crate::error::Error;
 use crate::lock;
-use crate::protocol::Codec;
 use crate::transport::{Sink, message};
+use builder::{Hooks, Options};
 use link::Control;
-use reconnect::ReconnectPolicy;
 
 type EventCallback = Arc<dyn Fn(&Value) + Send + Sync>;
-type Callback<T> = Option<Arc<dyn Fn(&T) + Send + Sync>>;
-
-/// How a connection of the client ended: given to [`ClientBuilder::on_close`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct CloseInfo {
-    /// The close code (1006 when the connection dropped without a close frame).
-    pub code: u16,
-    /// The close reason, possibly empty.
-    pub reason: String,
-    /// Whether the client will try to reconnect.
-    pub reconnecting: bool,
-}
-
-#[derive(Default)]
-struct Hooks {
-    open: Option<Arc<dyn Fn() + Send + Sync>>,
-    close: Callback<CloseInfo>,
-    error: Callback<Error>,
-}
-
-/// Options of a [`Client`], named as in rpc-websockets.
-///
-/// ```no_run
-/// use std::time::Duration;
-/// let client = wsrpc::Client::builder("ws://127.0.0.1:8080/chat")
-///     .reconnect_interval(Duration::from_millis(500))
-///     .max_reconnects(0) // no limit
-///     .timeout(Duration::from_secs(5))
-///     .header("Authorization", "Bearer x")
-///     .on_close(|c| eprintln!("closed: {} {}", c.code, c.reason))
-///     .connect()?;
-/// # Ok::<(), wsrpc::Error>(())
-/// ```
-#[must_use = "a builder does nothing until connect() or build() is called"]
-pub struct ClientBuilder {
-    url: String,
-    autoconnect: bool,
-    policy: ReconnectPolicy,
-    timeout: Duration,
-    headers: Vec<(String, String)>,
-    socket_id: Option<String>,
-    codec: Codec,
-    hooks: Hooks,
-}
-
-impl ClientBuilder {
-    fn new(url: &str) -> Self {
-        ClientBuilder {
-            url: url.to_owned(),
-            autoconnect: true,
-            policy: ReconnectPolicy {
-                enabled: true,
-                interval: Duration::from_secs(1),
-                max_attempts: 5,
-            },
-            timeout: Duration::from_secs(30),
-            headers: Vec::new(),
-            socket_id: None,
-            codec: Codec::Json,
-            hooks: Hooks::default(),
-        }
-    }
-
-    /// With [`build`](Self::build): connect in the background at once (default `true`);
-    /// with `false` the client waits for [`Client::open`].
-    pub fn autoconnect(mut self, yes: bool) -> Self {
-        self.autoconnect = yes;
-        self
-    }
-
-    /// Reconnect after the connection drops (default `true`). A close with code 1000
-    /// (normal) is not a drop.
-    pub fn reconnect(mut self, yes: bool) -> Self {
-        self.policy.enabled = yes;
-        self
-    }
-
-    /// Wait between reconnect attempts (default 1 s).
-    pub fn reconnect_interval(mut self, interval: Duration) -> Self {
-        self.policy.interval = interval;
-        self
-    }
-
-    /// Attempts after a drop before giving up (default 5; 0 means no limit).
-    pub fn max_reconnects(mut self, attempts: u32) -> Self {
-        self.policy.max_attempts = attempts;
-        self
-    }
-
-    /// How long a call waits for its reply unless it says otherwise (default 30 s).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// An extra header for the WebSocket handshake.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Ask the server to use this socket id (sent as `?socket_id=`).
-    pub fn socket_id(mut self, id: &str) -> Self {
-        self.socket_id = Some(id.to_owned());
-        self
-    }
-
-    /// Speak MessagePack (binary frames) instead of JSON (default `false`). The
-    /// client asks for it with `?encoding=msgpack`; replies are read in whichever
-    /// codec the server sends, so it also works with servers that ignore the query.
-    pub fn msgpack(mut self, yes: bool) -> Self {
-        self.codec = if yes { Codec::MsgPack } else { Codec::Json };
-        self
-    }
-
-    /// Called on the callback thread each time a connection opens (after a reconnect,
-    /// once login and subscriptions are restored).
-    pub fn on_open(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
-        self.hooks.open = Some(Arc::new(f));
-        self
-    }
-
-    /// Called on the callback thread each time a connection closes.
-    pub fn on_close(mut self, f: impl Fn(&CloseInfo) + Send + Sync + 'static) -> Self {
-        self.hooks.close = Some(Arc::new(f));
-        self
-    }
-
-    /// Called on the callback thread for errors no call returns: failed reconnects,
-    /// unreadable frames, failed re-subscriptions.
-    pub fn on_error(mut self, f: impl Fn(&Error) + Send + Sync + 'static) -> Self {
-        self.hooks.error = Some(Arc::new(f));
-        self
-    }
-
-    /// Connect now and return the client, or the error of this first attempt.
-    pub fn connect(mut self) -> Result<Client, Error> {
-        self.autoconnect = false;
-        let client = self.build();
-        client.open()?;
-        Ok(client)
-    }
-
-    /// Return the client at once; it connects in the background if `autoconnect`.
-    pub fn build(self) -> Client {
-        let mut query = Vec::new();
-        if let Some(id) = &self.socket_id {
-            query.push(("socket_id", id.as_str()));
-        }
-        if self.codec == Codec::MsgPack {
-            query.push(("encoding", "msgpack"));
-        }
-        let url = link::Target::new(&self.url, &query, &self.headers);
-        let (control_tx, control_rx) = crossbeam_channel::unbounded();
-        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
-        let (io_alive, io_done) = crossbeam_channel::bounded::<()>(0);
-        let inner = Arc::new(Inner {
-            target: url,
-            policy: self.policy,
-            timeout: self.timeout,
-            codec: self.codec,
-            hooks: self.hooks,
-            state: Mutex::new(State::default()),
-            next_id: AtomicU64::new(1),
-            subscriptions: Mutex::new(HashMap::new()),
-            subscribing: Mutex::new(()),
-            login: Mutex::new(None),
-            closed: AtomicBool::new(false),
-            control: control_tx,
-            jobs: jobs_tx,
-            io_thread: Mutex::new(None),
-            io_done,
-        });
-        let callbacks = Arc::downgrade(&inner);
-        let spawned = thread::Builder::new()
-            .name("wsrpc-client-callbacks".into())
-            .spawn(move || run_callbacks(callbacks, jobs_rx));
-        if let Err(e) = spawned {
-            log::error!("could not start the client's callback thread: {e}");
-        }
-        let io = inner.clone();
-        let autoconnect = self.autoconnect;
-        match thread::Builder::new()
-            .name("wsrpc-client".into())
-            .spawn(move || {
-                let _alive = io_alive;
-                link::run(io, control_rx, autoconnect)
-            }) {
-            Ok(handle) => *lock(&inner.io_thread) = Some(handle),
-            Err(e) => log::error!("could not start the client's I/O thread: {e}"),
-        }
-        Client {
-            inner: inner.clone(),
-            _owner: Arc::new(Owner(inner)),
-        }
-    }
-}
 
 /// A blocking rpc-websockets client. `Send + Sync` and cheap to clone: many threads may
 /// call at once over one connection; replies are matched by id. Dropping the last clone
@@ -255,11 +59,11 @@ impl Drop for Owner {
 
 struct Inner {
     target: link::Target,
-    policy: ReconnectPolicy,
-    timeout: Duration,
-    codec: Codec,
+    options: Options,
     hooks: Hooks,
     state: Mutex<State>,
+    /// Signalled when `ready` or `reconnecting` changes.
+    state_changed: Condvar,
     next_id: AtomicU64,
     subscriptions: Mutex<HashMap<String, Vec<EventCallback>>>,
     /// Held while `subscribe` / `unsubscribe` talk to the server.
@@ -279,21 +83,40 @@ struct Inner {
 #[derive(Default)]
 struct State {
     sink: Option<Arc<Sink>>,
+    /// Connected, and login and subscriptions restored: user calls may go.
+    ready: bool,
+    /// Counts connections, so a late restore cannot mark a newer one ready.
+    generation: u64,
+    /// An attempt is under way or scheduled.
+    reconnecting: bool,
     /// The socket of an attempt in its handshake, for `close` to cut short.
     connecting: Option<Arc<Sink>>,
     /// The I/O thread has ended: nobody will answer `waiting` any more.
     stopped: bool,
     pending: HashMap<u64, Sender<Result<Value, Error>>>,
-    /// Callers of `open` waiting for the outcome of the next attempt.
+    /// Callers of `open` waiting for the next connection (or failed attempt).
     waiting: Vec<Sender<Result<(), Error>>>,
 }
 
 /// Work for the callback thread.
 enum Job {
     Event(Vec<EventCallback>, Value),
-    Opened { restore: bool },
-    Closed(CloseInfo),
+    /// A connection opened; `restore`: log in and subscribe again, then mark it ready.
+    Opened {
+        generation: u64,
+        restore: bool,
+    },
+    /// The sender is dropped once `on_close` has returned.
+    Closed(CloseInfo, Sender<()>),
     Error(Error),
+}
+
+/// Who is calling: the user waits for a restored connection, the restore itself
+/// cannot.
+#[derive(Clone, Copy, PartialEq)]
+enum Caller {
+    User,
+    Restore,
 }
 
 impl Client {
@@ -307,7 +130,51 @@ impl Client {
         ClientBuilder::new(url)
     }
 
-    /// Connect now if not connected; returns once connected or the attempt failed.
+    fn start(target: link::Target, options: Options, hooks: Hooks, autoconnect: bool) -> Client {
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let (io_alive, io_done) = crossbeam_channel::bounded::<()>(0);
+        let inner = Arc::new(Inner {
+            target,
+            options,
+            hooks,
+            state: Mutex::new(State::default()),
+            state_changed: Condvar::new(),
+            next_id: AtomicU64::new(1),
+            subscriptions: Mutex::new(HashMap::new()),
+            subscribing: Mutex::new(()),
+            login: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            control: control_tx,
+            jobs: jobs_tx,
+            io_thread: Mutex::new(None),
+            io_done,
+        });
+        let callbacks = Arc::downgrade(&inner);
+        let spawned = thread::Builder::new()
+            .name("wsrpc-client-callbacks".into())
+            .spawn(move || run_callbacks(callbacks, jobs_rx));
+        if let Err(e) = spawned {
+            log::error!("could not start the client's callback thread: {e}");
+        }
+        let io = inner.clone();
+        match thread::Builder::new()
+            .name("wsrpc-client".into())
+            .spawn(move || {
+                let _alive = io_alive;
+                link::run(io, control_rx, autoconnect)
+            }) {
+            Ok(handle) => *lock(&inner.io_thread) = Some(handle),
+            Err(e) => log::error!("could not start the client's I/O thread: {e}"),
+        }
+        Client {
+            inner: inner.clone(),
+            _owner: Arc::new(Owner(inner)),
+        }
+    }
+
+    /// Connect now if not connected; returns once connected (and, after a reconnect,
+    /// restored) or once the attempt failed.
     pub fn open(&self) -> Result<(), Error> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         {
@@ -317,7 +184,7 @@ impl Client {
             if self.inner.closed.load(Ordering::SeqCst) || state.stopped {
                 return Err(Error::Closed);
             }
-            if state.sink.is_some() {
+            if state.ready {
                 return Ok(());
             }
             state.waiting.push(tx);
@@ -326,15 +193,15 @@ impl Client {
         rx.recv().unwrap_or(Err(Error::Closed))
     }
 
-    /// Whether a connection is open now.
+    /// Whether a connection is open now (and, after a reconnect, restored).
     pub fn is_connected(&self) -> bool {
-        lock(&self.inner.state).sink.is_some()
+        lock(&self.inner.state).ready
     }
 
     /// Call `method` and wait for its result (up to the client's timeout). `params` is
     /// anything serde serializes to an array or object; `()` sends no params.
     pub fn call(&self, method: &str, params: impl Serialize) -> Result<Value, Error> {
-        self.call_timeout(method, params, self.inner.timeout)
+        self.call_timeout(method, params, self.inner.options.timeout)
     }
 
     /// [`call`](Self::call), deserializing the result into `T`.
@@ -354,14 +221,16 @@ impl Client {
         params: impl Serialize,
         timeout: Duration,
     ) -> Result<Value, Error> {
-        self.inner.call(method, to_params(params)?, timeout)
+        self.inner
+            .call(method, to_params(params)?, timeout, Caller::User)
     }
 
     /// Send a notification: the server runs `method` and answers nothing.
     pub fn notify(&self, method: &str, params: impl Serialize) -> Result<(), Error> {
         let params = to_params(params)?;
-        self.inner
-            .send_on(&*self.inner.sink()?, None, method, &params)
+        let deadline = Instant::now() + self.inner.options.timeout;
+        let sink = self.inner.sink_for(Caller::User, deadline)?;
+        self.inner.send_on(&sink, None, method, &params)
     }
 
     /// Subscribe to `event`; `callback` gets each event's params on the callback
@@ -388,7 +257,9 @@ impl Client {
         if !first {
             return Ok(());
         }
-        let outcome = self.inner.server_subscribe(&[event.to_owned()]);
+        let outcome = self
+            .inner
+            .server_subscribe(&[event.to_owned()], Caller::User);
         if outcome.is_err() {
             lock(&self.inner.subscriptions).remove(event);
         }
@@ -415,9 +286,10 @@ impl Client {
     /// [`Error::AuthFailed`]. After a reconnect the client logs in again by itself.
     pub fn login(&self, params: impl Serialize) -> Result<Value, Error> {
         let params = to_params(params)?;
+        let timeout = self.inner.options.timeout;
         let result = self
             .inner
-            .call("rpc.login", params.clone(), self.inner.timeout)?;
+            .call("rpc.login", params.clone(), timeout, Caller::User)?;
         if matches!(result, Value::Null | Value::Bool(false)) {
             return Err(Error::AuthFailed);
         }
@@ -442,11 +314,41 @@ fn to_params(params: impl Serialize) -> Result<Value, Error> {
 }
 
 impl Inner {
-    fn sink(&self) -> Result<Arc<Sink>, Error> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// The connection a call may use. A user call needs it restored; when the user
+    /// opted in, it waits for a reconnect until `deadline`.
+    fn sink_for(&self, caller: Caller, deadline: Instant) -> Result<Arc<Sink>, Error> {
+        let mut state = self.state();
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+            let usable = match caller {
+                Caller::User => state.ready,
+                Caller::Restore => state.sink.is_some(),
+            };
+            if usable && let Some(sink) = &state.sink {
+                return Ok(sink.clone());
+            }
+            if caller == Caller::Restore
+                || !self.options.wait_while_reconnecting
+                || !state.reconnecting
+            {
+                return Err(Error::NotConnected);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout);
+            }
+            state = self
+                .state_changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        lock(&self.state).sink.clone().ok_or(Error::NotConnected)
     }
 
     /// Send a call or notification in the client's codec on `sink`.
@@ -457,31 +359,40 @@ impl Inner {
         method: &str,
         params: &Value,
     ) -> Result<(), Error> {
-        let bytes = self.codec.encode_call(id, method, params);
-        let frame = message(self.codec, bytes).map_err(|e| Error::Codec(e.to_string()))?;
+        let codec = self.options.codec;
+        let frame = message(codec, codec.encode_call(id, method, params))
+            .map_err(|e| Error::Codec(e.to_string()))?;
         sink.send(frame).map_err(Error::from)
     }
 
-    fn call(&self, method: &str, params: Value, timeout: Duration) -> Result<Value, Error> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
+    fn call(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+        caller: Caller,
+    ) -> Result<Value, Error> {
+        let deadline = Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let sink = {
-            let mut state = lock(&self.state);
-            let sink = state.sink.clone().ok_or(Error::NotConnected)?;
+        let sink = self.sink_for(caller, deadline)?;
+        {
+            // A drop fails everything pending under this lock: register only if the
+            // connection is still the one we got.
+            let mut state = self.state();
+            if !state.sink.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sink)) {
+                return Err(Error::ConnectionLost);
+            }
             state.pending.insert(id, tx);
-            sink
-        };
+        }
         if let Err(e) = self.send_on(&sink, Some(id), method, &params) {
-            lock(&self.state).pending.remove(&id);
+            self.state().pending.remove(&id);
             return Err(e);
         }
-        match rx.recv_timeout(timeout) {
+        match rx.recv_deadline(deadline) {
             Ok(outcome) => outcome,
             Err(RecvTimeoutError::Timeout) => {
-                lock(&self.state).pending.remove(&id);
+                self.state().pending.remove(&id);
                 Err(Error::Timeout)
             }
             Err(RecvTimeoutError::Disconnected) => Err(Error::ConnectionLost),
@@ -489,8 +400,9 @@ impl Inner {
     }
 
     /// `rpc.on` for `events`; every one must come back "ok" (or already subscribed).
-    fn server_subscribe(&self, events: &[String]) -> Result<(), Error> {
-        let result = self.call("rpc.on", Value::from(events.to_vec()), self.timeout)?;
+    fn server_subscribe(&self, events: &[String], caller: Caller) -> Result<(), Error> {
+        let params = Value::from(events.to_vec());
+        let result = self.call("rpc.on", params, self.options.timeout, caller)?;
         for event in events {
             match result.get(event).and_then(Value::as_str) {
                 Some("ok") | Some("socket has already been subscribed to event") => {}
@@ -505,20 +417,47 @@ impl Inner {
         Ok(())
     }
 
-    /// After a reconnect: log in again, then subscribe again, then report the open.
+    /// Whether a new connection has anything to restore before it is ready.
+    fn needs_restore(&self) -> bool {
+        lock(&self.login).is_some() || !lock(&self.subscriptions).is_empty()
+    }
+
+    /// After a reconnect: log in again, then subscribe again.
     fn restore(&self) {
         let login = lock(&self.login).clone();
+        let timeout = self.options.timeout;
         if let Some(params) = login
-            && let Err(e) = self.call("rpc.login", params, self.timeout)
+            && let Err(e) = self.call("rpc.login", params, timeout, Caller::Restore)
         {
             self.report(Error::Protocol(format!("logging in again failed: {e}")));
         }
         let events: Vec<String> = lock(&self.subscriptions).keys().cloned().collect();
         if !events.is_empty()
-            && let Err(e) = self.server_subscribe(&events)
+            && let Err(e) = self.server_subscribe(&events, Caller::Restore)
         {
             self.report(Error::Protocol(format!("subscribing again failed: {e}")));
         }
+    }
+
+    /// Connection `generation` may take user calls: wake whoever waits for it.
+    fn mark_ready(&self, generation: u64) {
+        let waiting = {
+            let mut state = self.state();
+            if state.generation != generation || state.sink.is_none() {
+                return;
+            }
+            state.ready = true;
+            std::mem::take(&mut state.waiting)
+        };
+        self.state_changed.notify_all();
+        for waiter in waiting {
+            let _ = waiter.send(Ok(()));
+        }
+    }
+
+    fn set_reconnecting(&self, yes: bool) {
+        self.state().reconnecting = yes;
+        self.state_changed.notify_all();
     }
 
     fn report(&self, error: Error) {
@@ -530,12 +469,13 @@ impl Inner {
 
     fn close(&self) {
         let (sink, connecting) = {
-            let mut state = lock(&self.state);
+            let mut state = self.state();
             if self.closed.swap(true, Ordering::SeqCst) {
                 return;
             }
             (state.sink.clone(), state.connecting.take())
         };
+        self.state_changed.notify_all();
         let _ = self.control.send(Control::Close);
         if let Some(connecting) = connecting {
             connecting.shutdown();
@@ -570,18 +510,23 @@ fn run_callbacks(inner: std::sync::Weak<Inner>, jobs: Receiver<Job>) {
                     guarded("event", || callback(&params));
                 }
             }
-            Job::Opened { restore } => {
+            Job::Opened {
+                generation,
+                restore,
+            } => {
                 if restore {
                     inner.restore();
+                    inner.mark_ready(generation);
                 }
                 if let Some(hook) = &inner.hooks.open {
                     guarded("on_open", || hook());
                 }
             }
-            Job::Closed(info) => {
+            Job::Closed(info, done) => {
                 if let Some(hook) = &inner.hooks.close {
                     guarded("on_close", || hook(&info));
                 }
+                drop(done);
             }
             Job::Error(error) => inner.report(error),
         }

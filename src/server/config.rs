@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::Server;
 use crate::error::Error;
+use crate::transport::Heartbeat;
 
 /// Limits and thread settings of a server. Every field has a default; change the ones
 /// you need:
@@ -47,6 +48,14 @@ pub struct ServerConfig {
     /// Handlers that may run at once for one connection. Past it, a connection's later
     /// requests wait for one of its running handlers to return. Default 32.
     pub max_calls_in_flight: usize,
+    /// Ping a client after this long without hearing from it. Default 30 s; `None`
+    /// never pings.
+    pub ping_interval: Option<Duration>,
+    /// Close a client not heard from (not even a pong) for this long; it is reported as
+    /// code 1006, "peer timed out". Default 40 s; `None` waits forever. Idle
+    /// connections cost no timer thread: their reader wakes every half of the shorter
+    /// of the two periods.
+    pub peer_timeout: Option<Duration>,
     /// Refuse (HTTP 404) a connection whose path names no namespace with anything
     /// registered. Default `false`: such a client gets an empty namespace, as in
     /// rpc-websockets.
@@ -65,12 +74,21 @@ impl Default for ServerConfig {
             close_timeout: Duration::from_secs(2),
             slow_call_threshold: Duration::from_millis(20),
             max_calls_in_flight: 32,
+            ping_interval: Some(Duration::from_secs(30)),
+            peer_timeout: Some(Duration::from_secs(40)),
             refuse_unknown_namespaces: false,
         }
     }
 }
 
 impl ServerConfig {
+    pub(crate) fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            ping_interval: self.ping_interval,
+            peer_timeout: self.peer_timeout,
+        }
+    }
+
     pub(crate) fn websocket(&self) -> tungstenite::protocol::WebSocketConfig {
         tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)

@@ -27,7 +27,7 @@ use super::registry::View;
 use crate::error::Error;
 use crate::lock;
 use crate::protocol::Codec;
-use crate::transport::{ConnStream, Sink, close_info, message};
+use crate::transport::{ConnStream, Idle, Sink, close_info, is_timeout, message};
 
 type Reader = WebSocket<ConnStream>;
 
@@ -301,7 +301,7 @@ fn open(
         }
     };
     let info = info?;
-    reader.get_mut().opened().ok()?;
+    reader.get_mut().opened(&config.heartbeat()).ok()?;
     let session = Session::new(key, info.socket_id.clone(), info.namespace.clone());
     let conn = Arc::new(Conn::new(session, sink, config.outgoing_queue, declared));
     Some((conn, reader, info))
@@ -383,9 +383,19 @@ fn new_socket_id() -> String {
 fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
     let mut view = View::new(server.registry(), &conn.session.namespace);
     let mut peer_close = None;
+    let heartbeat = server.config().heartbeat();
     let error = loop {
         let message = match reader.read() {
             Ok(message) => message,
+            // The read timeout is the heartbeat's tick.
+            Err(e) if is_timeout(&e) => {
+                if reader.get_mut().idle(&heartbeat) == Idle::Dead {
+                    log::debug!("client {} timed out", conn.session.socket_id);
+                    conn.drop_connection(1006, "peer timed out");
+                    break tungstenite::Error::ConnectionClosed;
+                }
+                continue;
+            }
             Err(e) => break e,
         };
         let (payload, binary): (&[u8], bool) = match &message {
