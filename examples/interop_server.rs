@@ -1,5 +1,7 @@
 //! The interop fixture server: `cargo run --release --example interop_server -- --port 0`
-//! prints `listening on 127.0.0.1:PORT` as its first line and serves until killed.
+//! prints `listening on 127.0.0.1:PORT` as its first line and serves until SIGINT or
+//! SIGTERM, which close it gracefully (1001 to every client, then exit 0). `--port N`
+//! binds the same port again right after a restart (the listener reuses the address).
 //! The JavaScript interop tests and anyone trying wsrpc from another language use it.
 
 #[path = "../tests/common/fixture.rs"]
@@ -37,11 +39,18 @@ fn main() {
         }
     };
     fixture::install(&server);
+    // SIGINT and SIGTERM close the server gracefully: every client gets 1001 (going
+    // away) and reconnects, then the process exits 0.
+    let (stop_tx, stop) = std::sync::mpsc::channel();
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    }) {
+        eprintln!("cannot handle signals: {e}");
+    }
     println!("listening on {}", server.local_addr());
     std::io::stdout().flush().ok();
-    loop {
-        std::thread::park();
-    }
+    let _ = stop.recv();
+    server.close();
 }
 
 fn usage(problem: &str) -> ! {
