@@ -87,8 +87,19 @@ fn percent_encode(s: &str) -> String {
 
 type Reader = WebSocket<ConnStream>;
 
-fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>), Error> {
-    let request = inner.target.request()?;
+/// Headers of the session resume handshake (see the server's `session_ttl`).
+const SESSION_HEADER: &str = "x-wsrpc-session";
+const RESUME_HEADER: &str = "x-wsrpc-resume";
+const RESUMED_HEADER: &str = "x-wsrpc-resumed";
+
+/// A connection, and whether the server resumed the client's session on it.
+fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>, bool), Error> {
+    let mut request = inner.target.request()?;
+    if let Some(token) = inner.state().session_token.clone()
+        && let Ok(value) = HeaderValue::from_str(&token)
+    {
+        request.headers_mut().insert(RESUME_HEADER, value);
+    }
     let uri = request.uri();
     match uri.scheme_str() {
         Some("ws") => {}
@@ -137,14 +148,17 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>), Error> {
     let stream = ConnStream::handshaking(sink.clone(), Instant::now() + inner.options.timeout);
     let handshake = tungstenite::client::client_with_config(request, stream, Some(config));
     lock(&inner.state).connecting = None;
-    let (mut reader, _response) = handshake.map_err(|e| match e {
+    let (mut reader, response) = handshake.map_err(|e| match e {
         tungstenite::HandshakeError::Failure(e) => Error::from(e),
         tungstenite::HandshakeError::Interrupted(_) => {
             Error::Protocol("the handshake timed out".into())
         }
     })?;
     reader.get_mut().opened(&inner.options.heartbeat)?;
-    Ok((reader, sink))
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+    inner.state().session_token = header(SESSION_HEADER).map(str::to_owned);
+    let resumed = header(RESUMED_HEADER).is_some();
+    Ok((reader, sink, resumed))
 }
 
 /// The I/O thread's life: wait, connect, read until the connection drops, decide
@@ -186,10 +200,10 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
         }
         inner.set_reconnecting(true);
         let (kind, code, reason, retries, delay) = match connect_once(&inner) {
-            Ok((reader, sink)) => {
+            Ok((reader, sink, resumed)) => {
                 ever_connected = true;
                 retry = 0;
-                let Some(generation) = install(&inner, &sink) else {
+                let Some(generation) = install(&inner, &sink, resumed) else {
                     break;
                 };
                 let (code, reason) = read_until_closed(&inner, reader, &sink);
@@ -245,9 +259,10 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
 }
 
 /// Make a new connection current; `None` if the client was closed meanwhile. It is
-/// ready at once unless login or subscriptions need restoring first.
-fn install(inner: &Inner, sink: &Arc<Sink>) -> Option<u64> {
-    let restore = inner.needs_restore();
+/// ready at once unless login or subscriptions need restoring first (a resumed
+/// session has them already).
+fn install(inner: &Inner, sink: &Arc<Sink>, resumed: bool) -> Option<u64> {
+    let restore = !resumed && inner.needs_restore();
     let generation = {
         let mut state = inner.state();
         if inner.closed.load(Ordering::SeqCst) {

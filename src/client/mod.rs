@@ -94,6 +94,9 @@ struct State {
     /// The I/O thread has ended: nobody will answer `waiting` any more.
     stopped: bool,
     pending: HashMap<u64, Sender<Result<Value, Error>>>,
+    /// The token of the server-side session, offered back when reconnecting so that a
+    /// server keeping sessions (`session_ttl`) resumes it.
+    session_token: Option<String>,
     /// Callers of `open` waiting for the next connection (or failed attempt).
     waiting: Vec<Sender<Result<(), Error>>>,
 }

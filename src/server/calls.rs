@@ -23,6 +23,8 @@ pub(crate) struct Session {
     pub key: u64,
     pub socket_id: String,
     pub namespace: String,
+    /// The token that resumes this session after a drop (with `session_ttl`).
+    pub token: Option<String>,
     state: Mutex<SessionState>,
 }
 
@@ -38,8 +40,20 @@ impl Session {
             key,
             socket_id,
             namespace,
+            token: None,
             state: Mutex::default(),
         }
+    }
+
+    /// Take over a resumed session's login and subscriptions.
+    pub(crate) fn restore(&self, logged_in: bool, subscriptions: &[String]) {
+        let mut state = lock(&self.state);
+        state.logged_in = logged_in;
+        state.subscriptions = subscriptions.iter().cloned().collect();
+    }
+
+    pub(crate) fn subscriptions(&self) -> Vec<String> {
+        lock(&self.state).subscriptions.iter().cloned().collect()
     }
 
     pub(crate) fn logged_in(&self) -> bool {

@@ -56,6 +56,16 @@ pub struct ServerConfig {
     /// connections cost no timer thread: their reader wakes every half of the shorter
     /// of the two periods.
     pub peer_timeout: Option<Duration>,
+    /// Keep the session of a client whose connection dropped (it sent no close frame)
+    /// this long: its socket id, login, subscriptions and the events emitted to it
+    /// meanwhile. A client that reconnects offering the session's token (sent in the
+    /// handshake response header `X-Wsrpc-Session`; offered back in the request header
+    /// `X-Wsrpc-Resume` or as `?resume=`) gets it back, the missed events first, in
+    /// order. The Rust client does this by itself. Default `None`: no sessions kept.
+    pub session_ttl: Option<Duration>,
+    /// Events kept for one disconnected session; a session that misses more cannot be
+    /// resumed and is dropped. Default 1024.
+    pub session_buffer: usize,
     /// Refuse (HTTP 404) a connection whose path names no namespace with anything
     /// registered. Default `false`: such a client gets an empty namespace, as in
     /// rpc-websockets.
@@ -76,6 +86,8 @@ impl Default for ServerConfig {
             max_calls_in_flight: 32,
             ping_interval: Some(Duration::from_secs(30)),
             peer_timeout: Some(Duration::from_secs(40)),
+            session_ttl: None,
+            session_buffer: 1024,
             refuse_unknown_namespaces: false,
         }
     }

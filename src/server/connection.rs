@@ -24,6 +24,7 @@ use super::calls::{self, Session};
 use super::config::{ConnectionInfo, DisconnectInfo, query_param};
 use super::dispatcher::Command;
 use super::registry::View;
+use super::resume::{Claimed, RESUME_HEADER, RESUMED_HEADER, SESSION_HEADER, new_token};
 use crate::error::Error;
 use crate::lock;
 use crate::protocol::Codec;
@@ -68,6 +69,8 @@ pub(crate) struct Conn {
     in_flight: AtomicUsize,
     /// Why the server dropped the connection, if it did.
     dropped_for: Mutex<Option<(u16, String)>>,
+    /// The token of the parked session this connection resumes.
+    pub resumes: Option<String>,
     /// The codec events are sent in: 0 until settled (JSON meanwhile), then
     /// `Codec::index() + 1`. Declared at the handshake or taken from the first frame.
     codec: AtomicU8,
@@ -91,8 +94,21 @@ impl Conn {
             seen_epoch: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             dropped_for: Mutex::new(None),
+            resumes: None,
             codec: AtomicU8::new(codec.map_or(0, |c| c.index() as u8 + 1)),
         }
+    }
+
+    /// The frames queued for this (ended) connection that its writer did not take.
+    pub(crate) fn take_unsent(&self) -> Vec<Message> {
+        let mut unsent = Vec::new();
+        while let Ok(item) = self.inbox.try_recv() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            if let Outgoing::Frame(message) = item {
+                unsent.push(message);
+            }
+        }
+        unsent
     }
 
     /// The codec of the connection's events.
@@ -271,10 +287,11 @@ fn open(
     let sink = Arc::new(Sink::new(stream, Role::Server, config.websocket()));
     let mut info = None;
     let mut declared = None;
+    let mut session = None;
     // tungstenite's callback type fixes the (large) error response type.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| {
-        let found = request_info(request, peer_addr);
+        let mut found = request_info(request, peer_addr);
         let refused = server.config().refuse_unknown_namespaces
             && (server.registry().namespace(&found.namespace)).is_none_or(|t| t.is_empty());
         if refused {
@@ -283,6 +300,9 @@ fn open(
             return Err(error);
         }
         declared = declared_codec(request, &found, &mut response);
+        if server.config().session_ttl.is_some() {
+            session = Some(open_session(server, request, &mut found, &mut response));
+        }
         info = Some(found);
         Ok(response)
     };
@@ -297,14 +317,60 @@ fn open(
             let e = Error::Protocol(format!("handshake with {peer_addr:?} failed: {e}"));
             log::debug!("{e}");
             server.hooks().error(&e);
+            if let Some((token, Some(_))) = session {
+                server.dispatch(Command::Unclaim(token));
+            }
             return None;
         }
     };
     let info = info?;
     reader.get_mut().opened(&config.heartbeat()).ok()?;
-    let session = Session::new(key, info.socket_id.clone(), info.namespace.clone());
-    let conn = Arc::new(Conn::new(session, sink, config.outgoing_queue, declared));
-    Some((conn, reader, info))
+    let mut state = Session::new(key, info.socket_id.clone(), info.namespace.clone());
+    let mut resumes = None;
+    if let Some((token, claimed)) = session {
+        if let Some(claimed) = claimed {
+            state.restore(claimed.logged_in, &claimed.subscriptions);
+            resumes = Some(token.clone());
+        }
+        state.token = Some(token);
+    }
+    let mut conn = Conn::new(state, sink, config.outgoing_queue, declared);
+    conn.resumes = resumes;
+    Some((Arc::new(conn), reader, info))
+}
+
+/// The session of a new connection: the one its token resumes (its socket id then
+/// replaces the one asked for), or a new one. The response names its token.
+fn open_session(
+    server: &Server,
+    request: &Request,
+    info: &mut ConnectionInfo,
+    response: &mut Response,
+) -> (String, Option<Claimed>) {
+    let offered = request
+        .headers()
+        .get(RESUME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| info.query_param("resume"));
+    let claimed = offered
+        .as_deref()
+        .and_then(|token| server.claim_session(token, &info.namespace));
+    let token = match (&claimed, offered) {
+        (Some(_), Some(token)) => token,
+        _ => new_token(),
+    };
+    if let Ok(value) = token.parse() {
+        response.headers_mut().insert(SESSION_HEADER, value);
+    }
+    if let Some(claimed) = &claimed {
+        response.headers_mut().insert(
+            RESUMED_HEADER,
+            tungstenite::http::HeaderValue::from_static("1"),
+        );
+        info.socket_id = claimed.socket_id.clone();
+    }
+    (token, claimed)
 }
 
 fn request_info(request: &Request, peer_addr: Option<std::net::SocketAddr>) -> ConnectionInfo {
@@ -469,9 +535,18 @@ fn finish(
     conn.queued.fetch_add(1, Ordering::SeqCst);
     let _ = conn.outbox.send(Outgoing::Stop);
     conn.sink.shutdown();
-    server.dispatch(Command::Disconnect(conn.session.key));
-    let (code, reason) = lock(&conn.dropped_for)
-        .clone()
+    // A client that said goodbye, or that the server dropped for cause, does not
+    // come back to its session; one that just vanished (or timed out) may.
+    let dropped = lock(&conn.dropped_for).clone();
+    let resumable = peer_close.is_none()
+        && refusal.is_none()
+        && dropped.as_ref().is_none_or(|(code, _)| *code == 1006)
+        && !server.is_closing();
+    server.dispatch(Command::Disconnect {
+        key: conn.session.key,
+        resumable,
+    });
+    let (code, reason) = dropped
         .or(refusal)
         .or(peer_close)
         .unwrap_or((1006, String::new()));

@@ -14,6 +14,7 @@ use tungstenite::Message;
 
 use super::Server;
 use super::connection::{Conn, Outgoing};
+use super::resume::{Claimed, Parked, Parking};
 use crate::protocol::Codec;
 use crate::transport::message;
 
@@ -21,8 +22,19 @@ use crate::transport::message;
 pub(crate) enum Command {
     /// A connection finished its handshake.
     Connect(Arc<Conn>),
-    /// A connection ended.
-    Disconnect(u64),
+    /// A connection ended; `resumable`: its session may be parked.
+    Disconnect {
+        key: u64,
+        resumable: bool,
+    },
+    /// Reserve a parked session for a resuming connection.
+    Claim {
+        token: String,
+        namespace: String,
+        reply: Sender<Option<Claimed>>,
+    },
+    /// A resuming connection failed its handshake.
+    Unclaim(String),
     Subscribe {
         key: u64,
         events: Vec<String>,
@@ -69,6 +81,8 @@ pub(crate) struct Dispatcher {
     idle_scans: u32,
     /// Connections told to close, in order of the time they get to answer.
     closing: VecDeque<(Instant, u64)>,
+    /// Sessions of dropped connections, kept for `session_ttl`.
+    parking: Parking,
 }
 
 impl Dispatcher {
@@ -80,6 +94,7 @@ impl Dispatcher {
             namespaces: HashMap::new(),
             idle_scans: 0,
             closing: VecDeque::new(),
+            parking: Parking::default(),
         }
     }
 
@@ -94,7 +109,9 @@ impl Dispatcher {
                 (true, at) => at,
             };
             let next_drop = self.closing.front().map(|(at, _)| *at);
-            let received = match next_scan.into_iter().chain(next_drop).min() {
+            let next_expiry = self.parking.next_expiry();
+            let deadlines = next_scan.into_iter().chain(next_drop).chain(next_expiry);
+            let received = match deadlines.min() {
                 None => self
                     .commands
                     .recv()
@@ -119,6 +136,7 @@ impl Dispatcher {
                 next_scan = Some(now + tick);
             }
             self.drop_overdue(now);
+            self.parking.expire(now);
         }
     }
 
@@ -139,13 +157,16 @@ impl Dispatcher {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Connect(conn) => {
-                let ns = conn.session.namespace.clone();
-                let key = conn.session.key;
-                self.namespaces.entry(ns).or_default().clients.insert(key);
-                self.conns.insert(key, conn);
+            Command::Connect(conn) => self.connect(conn),
+            Command::Disconnect { key, resumable } => self.forget(key, resumable),
+            Command::Claim {
+                token,
+                namespace,
+                reply,
+            } => {
+                let _ = reply.send(self.parking.claim(&token, &namespace));
             }
-            Command::Disconnect(key) => self.forget(key),
+            Command::Unclaim(token) => self.parking.unclaim(&token),
             Command::Subscribe { key, events } => {
                 let Some(conn) = self.conns.get(&key) else {
                     return;
@@ -209,10 +230,39 @@ impl Dispatcher {
         }
     }
 
-    fn forget(&mut self, key: u64) {
+    fn connect(&mut self, conn: Arc<Conn>) {
+        let ns = conn.session.namespace.clone();
+        let key = conn.session.key;
+        let clients = self.namespaces.entry(ns).or_default();
+        clients.clients.insert(key);
+        if let Some(session) = conn.resumes.as_deref().and_then(|t| self.parking.take(t)) {
+            // Its subscriptions carry over, and what it missed goes out first.
+            for event in &session.subscriptions {
+                let subscribers = clients.subscribers.entry(event.clone()).or_default();
+                subscribers.insert(key, conn.clone());
+            }
+            log::debug!(
+                "session of {} resumed with {} missed events",
+                session.socket_id,
+                session.missed.len()
+            );
+            for frame in session.missed {
+                if !conn.push(&self.server, Outgoing::Frame(frame)) {
+                    conn.drop_connection(1008, "outgoing queue full");
+                    break;
+                }
+            }
+        }
+        self.conns.insert(key, conn);
+    }
+
+    fn forget(&mut self, key: u64, resumable: bool) {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
+        if resumable {
+            self.park(&conn);
+        }
         let ns_name = &conn.session.namespace;
         if let Some(ns) = self.namespaces.get_mut(ns_name) {
             ns.clients.remove(&key);
@@ -228,15 +278,16 @@ impl Dispatcher {
     }
 
     fn emit(&mut self, namespace: &str, event: &str, params: &Value) {
-        let Some(subscribers) = self
+        let empty = HashMap::new();
+        let subscribers = self
             .namespaces
             .get(namespace)
             .and_then(|ns| ns.subscribers.get(event))
-            .filter(|s| !s.is_empty())
-        else {
-            return;
-        };
+            .unwrap_or(&empty);
         let mut frames = EventFrames::new(event, params);
+        let limit = self.server.config().session_buffer;
+        self.parking
+            .emit(namespace, event, limit, |codec| frames.get(codec));
         for conn in subscribers.values() {
             let Some(frame) = frames.get(conn.codec()) else {
                 continue;
@@ -249,6 +300,24 @@ impl Dispatcher {
                 conn.drop_connection(1008, "outgoing queue full");
             }
         }
+    }
+
+    /// Keep a dropped connection's session, if sessions are kept and it has a token.
+    fn park(&mut self, conn: &Conn) {
+        let (Some(ttl), Some(token)) = (self.server.config().session_ttl, &conn.session.token)
+        else {
+            return;
+        };
+        let session = Parked::new(
+            conn.session.socket_id.clone(),
+            conn.session.namespace.clone(),
+            conn.session.logged_in(),
+            conn.session.subscriptions(),
+            conn.codec(),
+            conn.take_unsent(),
+            ttl,
+        );
+        self.parking.park(token.clone(), session);
     }
 
     /// A handler that has been running since the last scan holds up its connection's

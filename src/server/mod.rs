@@ -14,6 +14,7 @@ mod connection;
 mod dispatcher;
 mod namespace;
 mod registry;
+mod resume;
 
 use std::collections::HashMap;
 use std::io;
@@ -333,6 +334,18 @@ impl Server {
         if let Some(map) = lock(&self.shared.handshaking).as_mut() {
             map.remove(&key);
         }
+    }
+
+    /// Reserve a parked session for a resuming connection (a round trip to the
+    /// dispatcher, during the handshake only).
+    pub(crate) fn claim_session(&self, token: &str, namespace: &str) -> Option<resume::Claimed> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.dispatch(Command::Claim {
+            token: token.to_owned(),
+            namespace: namespace.to_owned(),
+            reply,
+        });
+        answer.recv().ok().flatten()
     }
 
     /// Hand a new connection to the dispatcher, unless the server is shutting down.

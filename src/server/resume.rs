@@ -1,0 +1,283 @@
+//! Session resume: with `session_ttl` set, a connection that drops without saying
+//! goodbye leaves its session parked here (socket id, login, subscriptions, and the
+//! events meant for it) for that long. A client that reconnects with the session's
+//! token gets it back, the missed events first, in order. Owned by the dispatcher.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+
+use crate::protocol::Codec;
+
+/// Response header naming the connection's session token.
+pub(crate) const SESSION_HEADER: &str = "x-wsrpc-session";
+/// Request header (or `?resume=` query parameter) offering a token to resume.
+pub(crate) const RESUME_HEADER: &str = "x-wsrpc-resume";
+/// Response header present (`1`) when the offered session was resumed.
+pub(crate) const RESUMED_HEADER: &str = "x-wsrpc-resumed";
+
+/// A new session token: 128 bits of SipHash keyed by the OS's randomness (std's
+/// `RandomState`): unguessable without the key.
+pub(crate) fn new_token() -> String {
+    let word = || {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u8(1);
+        h.finish()
+    };
+    format!("{:016x}{:016x}", word(), word())
+}
+
+/// What a resuming connection takes over.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Claimed {
+    pub socket_id: String,
+    pub logged_in: bool,
+    pub subscriptions: Vec<String>,
+}
+
+/// A disconnected connection's session, as it is being kept.
+pub(crate) struct Parked {
+    pub socket_id: String,
+    pub namespace: String,
+    pub logged_in: bool,
+    pub subscriptions: Vec<String>,
+    pub codec: Codec,
+    /// Frames it was not sent, oldest first.
+    pub missed: Vec<Message>,
+    expires: Instant,
+    /// A connection is resuming it (between its handshake and its registration).
+    claimed: bool,
+}
+
+impl Parked {
+    pub(crate) fn new(
+        socket_id: String,
+        namespace: String,
+        logged_in: bool,
+        subscriptions: Vec<String>,
+        codec: Codec,
+        unsent: Vec<Message>,
+        ttl: Duration,
+    ) -> Self {
+        Parked {
+            socket_id,
+            namespace,
+            logged_in,
+            subscriptions,
+            codec,
+            missed: unsent,
+            expires: Instant::now() + ttl,
+            claimed: false,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Parking {
+    sessions: HashMap<String, Parked>,
+    /// Expiry times in the order sessions were parked (all share one ttl).
+    expiry: VecDeque<(Instant, String)>,
+    /// (namespace, event) to the tokens of parked subscribers.
+    by_event: HashMap<(String, String), HashSet<String>>,
+}
+
+impl Parking {
+    pub(crate) fn park(&mut self, token: String, session: Parked) {
+        for event in &session.subscriptions {
+            let key = (session.namespace.clone(), event.clone());
+            self.by_event.entry(key).or_default().insert(token.clone());
+        }
+        self.expiry.push_back((session.expires, token.clone()));
+        log::debug!("session of {} parked", session.socket_id);
+        self.sessions.insert(token, session);
+    }
+
+    /// Reserve a parked session of `namespace` for a resuming connection.
+    pub(crate) fn claim(&mut self, token: &str, namespace: &str) -> Option<Claimed> {
+        let session = self.sessions.get_mut(token)?;
+        if session.claimed || session.namespace != namespace {
+            return None;
+        }
+        session.claimed = true;
+        Some(Claimed {
+            socket_id: session.socket_id.clone(),
+            logged_in: session.logged_in,
+            subscriptions: session.subscriptions.clone(),
+        })
+    }
+
+    /// The resuming connection's handshake failed: the session may be claimed again.
+    pub(crate) fn unclaim(&mut self, token: &str) {
+        if let Some(session) = self.sessions.get_mut(token) {
+            session.claimed = false;
+        }
+    }
+
+    /// Hand a session over to the connection that resumed it.
+    pub(crate) fn take(&mut self, token: &str) -> Option<Parked> {
+        let session = self.sessions.remove(token)?;
+        self.forget_subscriptions(token, &session);
+        Some(session)
+    }
+
+    fn forget_subscriptions(&mut self, token: &str, session: &Parked) {
+        for event in &session.subscriptions {
+            let key = (session.namespace.clone(), event.clone());
+            if let Some(tokens) = self.by_event.get_mut(&key) {
+                tokens.remove(token);
+                if tokens.is_empty() {
+                    self.by_event.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Keep an event for the parked subscribers of `(namespace, event)`. A session
+    /// that would keep more than `limit` frames is given up: it could not be resumed
+    /// without a gap.
+    pub(crate) fn emit(
+        &mut self,
+        namespace: &str,
+        event: &str,
+        limit: usize,
+        mut frame: impl FnMut(Codec) -> Option<Message>,
+    ) {
+        let key = (namespace.to_owned(), event.to_owned());
+        let Some(tokens) = self.by_event.get(&key) else {
+            return;
+        };
+        let mut overflowed = Vec::new();
+        for token in tokens {
+            let Some(session) = self.sessions.get_mut(token) else {
+                continue;
+            };
+            if session.missed.len() >= limit {
+                overflowed.push(token.clone());
+            } else if let Some(message) = frame(session.codec) {
+                session.missed.push(message);
+            }
+        }
+        for token in overflowed {
+            if let Some(session) = self.sessions.remove(&token) {
+                log::warn!(
+                    "session of {} missed more than {limit} events; it cannot be resumed",
+                    session.socket_id
+                );
+                self.forget_subscriptions(&token, &session);
+            }
+        }
+    }
+
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.expiry.front().map(|(at, _)| *at)
+    }
+
+    /// Forget the sessions whose time is up.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.expiry.front() {
+            if *at > now {
+                break;
+            }
+            let Some((at, token)) = self.expiry.pop_front() else {
+                break;
+            };
+            // A session resumed and parked again has a later expiry of its own.
+            if self.sessions.get(&token).is_some_and(|s| s.expires == at)
+                && let Some(session) = self.sessions.remove(&token)
+            {
+                log::debug!("session of {} expired", session.socket_id);
+                self.forget_subscriptions(&token, &session);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(subscriptions: &[&str], ttl: Duration) -> Parked {
+        Parked::new(
+            "s1".into(),
+            "/".into(),
+            true,
+            subscriptions.iter().map(|s| s.to_string()).collect(),
+            Codec::Json,
+            vec![Message::Text("unsent".into())],
+            ttl,
+        )
+    }
+
+    fn text(s: &str) -> Option<Message> {
+        Some(Message::Text(s.into()))
+    }
+
+    #[test]
+    fn tokens_are_long_and_differ() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_parked_session_keeps_its_events_in_order_after_the_unsent_ones() {
+        let mut p = Parking::default();
+        p.park("t".into(), parked(&["feed"], Duration::from_secs(60)));
+        p.emit("/", "feed", 10, |_| text("1"));
+        p.emit("/", "other", 10, |_| text("x"));
+        p.emit("/chat", "feed", 10, |_| text("x"));
+        p.emit("/", "feed", 10, |_| text("2"));
+        let claimed = p.claim("t", "/").unwrap();
+        assert_eq!(claimed.socket_id, "s1");
+        assert!(claimed.logged_in);
+        assert!(p.claim("t", "/").is_none(), "claimed twice");
+        let session = p.take("t").unwrap();
+        assert_eq!(
+            session.missed,
+            [text("unsent"), text("1"), text("2")].map(Option::unwrap)
+        );
+        assert!(p.take("t").is_none());
+        p.emit("/", "feed", 10, |_| panic!("nobody is parked any more"));
+    }
+
+    #[test]
+    fn claims_need_the_same_namespace_and_can_be_released() {
+        let mut p = Parking::default();
+        p.park("t".into(), parked(&[], Duration::from_secs(60)));
+        assert!(p.claim("t", "/chat").is_none());
+        assert!(p.claim("nope", "/").is_none());
+        assert!(p.claim("t", "/").is_some());
+        p.unclaim("t");
+        assert!(p.claim("t", "/").is_some());
+    }
+
+    #[test]
+    fn a_session_that_misses_too_much_is_given_up() {
+        let mut p = Parking::default();
+        p.park("t".into(), parked(&["feed"], Duration::from_secs(60)));
+        p.emit("/", "feed", 2, |_| text("1"));
+        assert_eq!(p.len(), 1);
+        p.emit("/", "feed", 2, |_| text("2"));
+        assert_eq!(p.len(), 0);
+        assert!(p.claim("t", "/").is_none());
+    }
+
+    #[test]
+    fn sessions_expire() {
+        let mut p = Parking::default();
+        p.park("t".into(), parked(&["feed"], Duration::from_millis(10)));
+        let at = p.next_expiry().unwrap();
+        p.expire(at - Duration::from_millis(1));
+        assert_eq!(p.len(), 1);
+        p.expire(at);
+        assert_eq!(p.len(), 0);
+        assert!(p.by_event.is_empty());
+    }
+}
