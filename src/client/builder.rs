@@ -185,7 +185,9 @@ impl ClientBuilder {
 
     /// Calls made while the client is reconnecting wait for the connection (up to
     /// their timeout) and are sent once login and subscriptions are restored. Default
-    /// `false`: they fail at once with [`Error::NotConnected`].
+    /// `false`: they fail at once with [`Error::NotConnected`]. A call made this way
+    /// from inside a callback holds up the callback thread, and with it the reconnect,
+    /// until its timeout: make such calls from other threads.
     pub fn wait_while_reconnecting(mut self, yes: bool) -> Self {
         self.options.wait_while_reconnecting = yes;
         self

@@ -177,7 +177,7 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
             None => control.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(at) => control.recv_deadline(at),
         };
-        let asked = match wait {
+        let mut asked = match wait {
             // An `open` that an earlier attempt answered: keep the schedule.
             Ok(Control::Open) if inner.state().waiting.is_empty() => continue,
             Ok(Control::Open) => true,
@@ -185,7 +185,17 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
             Ok(Control::Close) | Err(RecvTimeoutError::Disconnected) => break,
         };
         if let Some((done, stop)) = last_close.take() {
-            let _ = done.recv();
+            // Wait for on_close to return, but not past a `close` or `open` it makes
+            // itself: those wait for this thread.
+            if !asked {
+                crossbeam_channel::select! {
+                    recv(done) -> _ => {}
+                    recv(control) -> msg => match msg {
+                        Ok(Control::Open) => asked = true,
+                        Ok(Control::Close) | Err(_) => break,
+                    },
+                }
+            }
             if stop.load(Ordering::SeqCst) && !asked {
                 next_attempt = None;
                 inner.set_reconnecting(false);
