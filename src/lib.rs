@@ -57,7 +57,7 @@ pub use client::{Client, ClientBuilder, CloseInfo, CloseKind};
 pub use error::{Error, RpcError, codes};
 pub use server::{
     ConnectionInfo, Context, DisconnectInfo, EventHandle, MethodHandle, Namespace, Server,
-    ServerBuilder, ServerConfig,
+    ServerBuilder, ServerConfig, Stats,
 };
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -3,12 +3,13 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::{
-    Id, Incoming, Item, Member, Members, Params, Reply, invalid_request, parse_error, validate,
+    Id, Incoming, Item, Member, Members, Params, Reply, batch_too_large, invalid_request,
+    parse_error, validate,
 };
 
 /// The members of a request object, each kept as raw JSON so it is checked once and
@@ -34,18 +35,58 @@ pub(crate) fn looks_like_json(bytes: &[u8]) -> bool {
     matches!(first_byte(bytes), Some(b'{') | Some(b'['))
 }
 
-pub(crate) fn decode_requests(frame: &[u8]) -> Incoming<'_> {
+/// A batch's items as raw JSON, or `None` past `max` items (the rest is only
+/// checked for syntax, not kept).
+struct Batch(usize);
+
+impl<'de> DeserializeSeed<'de> for Batch {
+    type Value = Option<Vec<&'de RawValue>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Batch {
+    type Value = Option<Vec<&'de RawValue>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of requests")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&RawValue>()? {
+            if items.len() == self.0 {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(None);
+            }
+            items.push(item);
+        }
+        Ok(Some(items))
+    }
+}
+
+fn batch(frame: &[u8], max: usize) -> Result<Option<Vec<&RawValue>>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(frame);
+    let items = Batch(max).deserialize(&mut de)?;
+    de.end()?;
+    Ok(items)
+}
+
+pub(crate) fn decode_requests(frame: &[u8], max_batch: usize) -> Incoming<'_> {
     match first_byte(frame) {
         Some(b'{') => match serde_json::from_slice::<Envelope>(frame) {
             Ok(envelope) => Incoming::Single(validate_envelope(envelope)),
             Err(e) if e.is_data() => Incoming::Refused(invalid_request(None, Some(&e.to_string()))),
             Err(e) => Incoming::Refused(parse_error(e)),
         },
-        Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(frame) {
-            Ok(items) if items.is_empty() => {
+        Some(b'[') => match batch(frame, max_batch) {
+            Ok(Some(items)) if items.is_empty() => {
                 Incoming::Refused(invalid_request(None, Some("Invalid array")))
             }
-            Ok(items) => Incoming::Batch(items.into_iter().map(decode_item).collect()),
+            Ok(Some(items)) => Incoming::Batch(items.into_iter().map(decode_item).collect()),
+            Ok(None) => Incoming::Refused(batch_too_large(max_batch)),
             Err(e) => Incoming::Refused(parse_error(e)),
         },
         _ => match serde_json::from_slice::<IgnoredAny>(frame) {
@@ -184,14 +225,14 @@ mod tests {
     use serde_json::json;
 
     fn single(frame: &str) -> Item<'_> {
-        match decode_requests(frame.as_bytes()) {
+        match decode_requests(frame.as_bytes(), 1000) {
             Incoming::Single(item) => item,
             other => panic!("expected a single message, got {other:?}"),
         }
     }
 
     fn refused(frame: &str) -> Reply {
-        match decode_requests(frame.as_bytes()) {
+        match decode_requests(frame.as_bytes(), 1000) {
             Incoming::Refused(reply) => reply,
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -320,7 +361,7 @@ mod tests {
     #[test]
     fn batch_items_are_checked_one_by_one() {
         let frame = r#"[{"jsonrpc":"2.0","method":"a","id":1}, 5, {"jsonrpc":"2.0","method":"b"}]"#;
-        let Incoming::Batch(items) = decode_requests(frame.as_bytes()) else {
+        let Incoming::Batch(items) = decode_requests(frame.as_bytes(), 1000) else {
             panic!("expected a batch")
         };
         assert_eq!(items.len(), 3);
@@ -418,5 +459,29 @@ mod tests {
             }]
         );
         assert!(Codec::Json.decode_server_message(b"{").is_err());
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_is_refused_whole() {
+        let call = r#"{"jsonrpc":"2.0","method":"m","id":1}"#;
+        let frame = format!("[{call},{call},{call}]");
+        let Incoming::Refused(reply) = decode_requests(frame.as_bytes(), 2) else {
+            panic!("expected a refusal")
+        };
+        let error = reply.outcome.unwrap_err();
+        assert_eq!(error.code, -32600);
+        assert_eq!(
+            error.data,
+            Some(json!("Batch too large: at most 2 requests"))
+        );
+        assert!(
+            matches!(decode_requests(frame.as_bytes(), 3), Incoming::Batch(items) if items.len() == 3)
+        );
+        // Past the limit the rest is still checked for syntax.
+        let broken = format!("[{call},{call},{call},");
+        let Incoming::Refused(reply) = decode_requests(broken.as_bytes(), 2) else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(reply.outcome.unwrap_err().code, -32700);
     }
 }

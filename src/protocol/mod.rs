@@ -145,6 +145,14 @@ pub(crate) fn invalid_request(id: Option<Id>, data: Option<&str>) -> Reply {
     Reply::error(id, error)
 }
 
+/// The refusal of a batch larger than `max`.
+pub(crate) fn batch_too_large(max: usize) -> Reply {
+    invalid_request(
+        None,
+        Some(&format!("Batch too large: at most {max} requests")),
+    )
+}
+
 /// `-32700 Parse error` with the decoder's message.
 pub(crate) fn parse_error(message: impl std::fmt::Display) -> Reply {
     let error = RpcError::standard(codes::PARSE_ERROR).with_data(message.to_string());
@@ -227,11 +235,12 @@ impl Codec {
         self == Codec::MsgPack
     }
 
-    /// Split a frame into calls, validating each per the contract.
-    pub(crate) fn decode_requests(self, frame: &[u8]) -> Incoming<'_> {
+    /// Split a frame into calls, validating each per the contract. A batch of more
+    /// than `max_batch` requests is refused as a whole, before its items are listed.
+    pub(crate) fn decode_requests(self, frame: &[u8], max_batch: usize) -> Incoming<'_> {
         match self {
-            Codec::Json => json::decode_requests(frame),
-            Codec::MsgPack => msgpack::decode_requests(frame),
+            Codec::Json => json::decode_requests(frame, max_batch),
+            Codec::MsgPack => msgpack::decode_requests(frame, max_batch),
         }
     }
 

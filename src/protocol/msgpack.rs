@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Number, Value};
 
 use super::{
-    Encoded, Id, Incoming, Item, Member, Members, Params, Reply, invalid_request, parse_error,
-    validate,
+    Encoded, Id, Incoming, Item, Member, Members, Params, Reply, batch_too_large, invalid_request,
+    parse_error, validate,
 };
 
 /// Deepest nesting accepted, as serde_json's recursion limit for JSON.
@@ -355,7 +355,7 @@ impl<'a> Member<'a> for Slice<'a> {
     }
 }
 
-pub(crate) fn decode_requests(frame: &[u8]) -> Incoming<'_> {
+pub(crate) fn decode_requests(frame: &[u8], max_batch: usize) -> Incoming<'_> {
     if let Err(fault) = check_frame(frame) {
         return Incoming::Refused(parse_error(fault));
     }
@@ -363,6 +363,9 @@ pub(crate) fn decode_requests(frame: &[u8]) -> Incoming<'_> {
         Ok((Head::Map { .. }, _)) => Incoming::Single(decode_item(frame)),
         Ok((Head::Array { len: 0, .. }, _)) => {
             Incoming::Refused(invalid_request(None, Some("Invalid array")))
+        }
+        Ok((Head::Array { len, .. }, _)) if len > max_batch => {
+            Incoming::Refused(batch_too_large(max_batch))
         }
         Ok((Head::Array { len, start }, _)) => {
             let mut items = Vec::with_capacity(len.min(1024));
@@ -525,14 +528,14 @@ mod tests {
     }
 
     fn single(frame: &[u8]) -> Item<'_> {
-        match decode_requests(frame) {
+        match decode_requests(frame, 1000) {
             Incoming::Single(item) => item,
             other => panic!("expected one message, got {other:?}"),
         }
     }
 
     fn refused(frame: &[u8]) -> (i64, Option<Value>) {
-        match decode_requests(frame) {
+        match decode_requests(frame, 1000) {
             Incoming::Refused(reply) => {
                 let error = reply.outcome.unwrap_err();
                 (error.code, error.data)
@@ -737,7 +740,7 @@ mod tests {
         let mut frame = vec![0x92];
         frame.extend_from_slice(&good);
         frame.push(0x05);
-        let Incoming::Batch(items) = decode_requests(&frame) else {
+        let Incoming::Batch(items) = decode_requests(&frame, 1000) else {
             panic!("expected a batch")
         };
         assert_eq!(items[0].as_ref().unwrap().method, "sum");
@@ -783,5 +786,19 @@ mod tests {
         let params = Value::Array(vec![Value::from(1); 20]);
         let frame = encode_event("e", &params);
         assert_eq!(to_json(&frame, true).unwrap()["params"], params);
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_is_refused_whole() {
+        let call = hex("83a66d6574686f64a373756da6706172616d73920503a2696401");
+        let mut frame = vec![0x93];
+        for _ in 0..3 {
+            frame.extend_from_slice(&call);
+        }
+        let Incoming::Refused(reply) = decode_requests(&frame, 2) else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(reply.outcome.unwrap_err().code, -32600);
+        assert!(matches!(decode_requests(&frame, 3), Incoming::Batch(items) if items.len() == 3));
     }
 }

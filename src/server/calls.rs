@@ -81,7 +81,7 @@ pub(crate) fn handle_frame(
         Ok(call) => handle_call(server, session, table, codec, call),
         Err(reply) => Some(reply),
     };
-    match codec.decode_requests(frame) {
+    match codec.decode_requests(frame, server.config().max_batch_size) {
         Incoming::Refused(reply) => Some(codec.encode_replies(&[reply], false)),
         Incoming::Single(item) => run(item).map(|reply| codec.encode_replies(&[reply], false)),
         Incoming::Batch(items) => {

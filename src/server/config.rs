@@ -66,6 +66,18 @@ pub struct ServerConfig {
     /// Events kept for one disconnected session; a session that misses more cannot be
     /// resumed and is dropped. Default 1024.
     pub session_buffer: usize,
+    /// Connections open at once; more are refused at once with HTTP 503, before any
+    /// thread is started for them. Default 10,000.
+    pub max_connections: usize,
+    /// Connections open at once from one client address; more are refused with HTTP
+    /// 429. Default 1,000.
+    pub max_connections_per_ip: usize,
+    /// Requests in one batch; a larger batch gets `-32600` as a whole. Default 1,000.
+    pub max_batch_size: usize,
+    /// Browser origins allowed to connect (exact `Origin` header values, such as
+    /// `https://example.com`); others get HTTP 403. Requests without an `Origin`
+    /// header (non-browser clients) are not affected. Default `None`: any origin.
+    pub allowed_origins: Option<Vec<String>>,
     /// Refuse (HTTP 404) a connection whose path names no namespace with anything
     /// registered. Default `false`: such a client gets an empty namespace, as in
     /// rpc-websockets.
@@ -88,6 +100,10 @@ impl Default for ServerConfig {
             peer_timeout: Some(Duration::from_secs(40)),
             session_ttl: None,
             session_buffer: 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_batch_size: 1_000,
+            allowed_origins: None,
             refuse_unknown_namespaces: false,
         }
     }

@@ -20,6 +20,7 @@ use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
 use super::Server;
+use super::admission::Counters;
 use super::calls::{self, Session};
 use super::config::{ConnectionInfo, DisconnectInfo, query_param};
 use super::dispatcher::Command;
@@ -295,9 +296,15 @@ fn open(
         let refused = server.config().refuse_unknown_namespaces
             && (server.registry().namespace(&found.namespace)).is_none_or(|t| t.is_empty());
         if refused {
-            let mut error = ErrorResponse::new(Some("no such namespace".into()));
-            *error.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
-            return Err(error);
+            return Err(http_error(404, "no such namespace"));
+        }
+        if let Some(allowed) = &server.config().allowed_origins
+            && let Some(origin) = found.header("origin")
+            && !allowed.iter().any(|a| a == origin)
+        {
+            Counters::count(&server.counters().refused_origin);
+            log::warn!("refused a connection from origin {origin}");
+            return Err(http_error(403, "origin not allowed"));
         }
         declared = declared_codec(request, &found, &mut response);
         if server.config().session_ttl.is_some() {
@@ -314,6 +321,7 @@ fn open(
     let mut reader = match handshake {
         Ok(reader) => reader,
         Err(e) => {
+            Counters::count(&server.counters().handshakes_failed);
             let e = Error::Protocol(format!("handshake with {peer_addr:?} failed: {e}"));
             log::debug!("{e}");
             server.hooks().error(&e);
@@ -371,6 +379,15 @@ fn open_session(
         info.socket_id = claimed.socket_id.clone();
     }
     (token, claimed)
+}
+
+/// An HTTP error answer to a handshake.
+fn http_error(status: u16, body: &str) -> ErrorResponse {
+    let mut error = ErrorResponse::new(Some(body.to_owned()));
+    if let Ok(status) = tungstenite::http::StatusCode::from_u16(status) {
+        *error.status_mut() = status;
+    }
+    error
 }
 
 fn request_info(request: &Request, peer_addr: Option<std::net::SocketAddr>) -> ConnectionInfo {
@@ -456,6 +473,7 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
             // The read timeout is the heartbeat's tick.
             Err(e) if is_timeout(&e) => {
                 if reader.get_mut().idle(&heartbeat) == Idle::Dead {
+                    Counters::count(&server.counters().peers_timed_out);
                     log::debug!("client {} timed out", conn.session.socket_id);
                     conn.drop_connection(1006, "peer timed out");
                     break tungstenite::Error::ConnectionClosed;
@@ -515,9 +533,18 @@ fn finish(
     let refusal = match &error {
         WsError::ConnectionClosed | WsError::AlreadyClosed => None,
         WsError::Io(_) | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Capacity(e) => Some((1009, format!("message too big: {e}"))),
-        WsError::Utf8(_) => Some((1007, "text frame is not valid UTF-8".to_owned())),
-        WsError::Protocol(e) => Some((1002, e.to_string())),
+        WsError::Capacity(e) => {
+            Counters::count(&server.counters().oversized_messages);
+            Some((1009, format!("message too big: {e}")))
+        }
+        WsError::Utf8(_) => {
+            Counters::count(&server.counters().protocol_errors);
+            Some((1007, "text frame is not valid UTF-8".to_owned()))
+        }
+        WsError::Protocol(e) => {
+            Counters::count(&server.counters().protocol_errors);
+            Some((1002, e.to_string()))
+        }
         other => Some((1011, other.to_string())),
     };
     if let Some((code, reason)) = &refusal {

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tungstenite::Message;
 
 use super::Server;
+use super::admission::Counters;
 use super::connection::{Conn, Outgoing};
 use super::resume::{Claimed, Parked, Parking};
 use crate::protocol::Codec;
@@ -297,6 +298,7 @@ impl Dispatcher {
                     "client {} let its outgoing queue fill up; disconnecting it",
                     conn.session.socket_id
                 );
+                Counters::count(&self.server.counters().slow_clients_dropped);
                 conn.drop_connection(1008, "outgoing queue full");
             }
         }

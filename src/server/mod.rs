@@ -8,6 +8,7 @@
 //!  emit() ───────────▶ dispatcher ──bounded queue──▶ writer thread ──event──▶ socket
 //! ```
 
+mod admission;
 mod calls;
 mod config;
 mod connection;
@@ -27,11 +28,13 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use admission::Stats;
 pub use config::{ConnectionInfo, DisconnectInfo, ServerBuilder, ServerConfig};
 pub use namespace::{EventHandle, MethodHandle, Namespace};
 
 use crate::error::{Error, RpcError};
 use crate::lock;
+use admission::{Admission, Counters, Refusal};
 use config::Hooks;
 use dispatcher::{Command, Dispatcher};
 use registry::Registry;
@@ -103,6 +106,8 @@ struct Shared {
     threads: Mutex<Option<Sender<()>>>,
     threads_done: Receiver<()>,
     running: Mutex<Option<Running>>,
+    admission: Arc<Admission>,
+    counters: Counters,
 }
 
 struct Running {
@@ -161,6 +166,8 @@ impl Server {
             threads: Mutex::new(Some(threads_tx)),
             threads_done: threads_rx,
             running: Mutex::new(None),
+            admission: Arc::default(),
+            counters: Counters::default(),
         };
         let server = Server {
             shared: Arc::new(shared),
@@ -270,15 +277,7 @@ impl Server {
                 break;
             }
             match stream {
-                Ok(stream) => {
-                    let server = self.clone();
-                    let stack = self.shared.config.stack_size;
-                    if let Err(e) = self.spawn("wsrpc-conn", stack, move || {
-                        connection::serve(server, stream)
-                    }) {
-                        self.report(Error::Io(e));
-                    }
-                }
+                Ok(stream) => self.admit(stream),
                 Err(e) => {
                     self.report(Error::Io(e));
                     // Out of file descriptors or similar: give the system a moment
@@ -287,6 +286,53 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Start a connection thread, or refuse the connection at once if a limit is hit.
+    fn admit(&self, stream: TcpStream) {
+        let config = &self.shared.config;
+        let ip = stream
+            .peer_addr()
+            .map(|a| a.ip())
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let admitted =
+            self.shared
+                .admission
+                .admit(ip, config.max_connections, config.max_connections_per_ip);
+        let slot = match admitted {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let (counter, why) = match refusal {
+                    Refusal::Full => (&self.shared.counters.refused_full, "max_connections"),
+                    Refusal::TooManyFromAddress => (
+                        &self.shared.counters.refused_per_address,
+                        "max_connections_per_ip",
+                    ),
+                };
+                Counters::count(counter);
+                log::warn!("refused a connection from {ip}: {why} reached");
+                admission::refuse(stream, refusal);
+                return;
+            }
+        };
+        let server = self.clone();
+        let spawned = self.spawn("wsrpc-conn", config.stack_size, move || {
+            let _slot = slot;
+            connection::serve(server, stream)
+        });
+        if let Err(e) = spawned {
+            self.report(Error::Io(e));
+        }
+    }
+
+    /// Open connections, and how often each protection of the server kicked in.
+    pub fn stats(&self) -> Stats {
+        let open = self.shared.admission.open_connections();
+        Stats::read(&self.shared.counters, open)
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
     pub(crate) fn config(&self) -> &ServerConfig {

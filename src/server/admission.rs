@@ -1,0 +1,176 @@
+//! Who may connect: the limits on open connections (in total and per client
+//! address), checked on the acceptor thread before any thread is started for the
+//! connection, and the counters that say how often a limit was hit.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::lock;
+
+/// Open connections, in total and per address.
+#[derive(Default)]
+pub(crate) struct Admission {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// `max_connections` are open: HTTP 503.
+    Full,
+    /// `max_connections_per_ip` are open from this address: HTTP 429.
+    TooManyFromAddress,
+}
+
+/// A place among the open connections, given back when dropped.
+pub(crate) struct Slot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<Slot, Refusal> {
+        let mut open = lock(&self.open);
+        let (total, per_ip) = &mut *open;
+        if *total >= max_total {
+            return Err(Refusal::Full);
+        }
+        let from_ip = per_ip.entry(ip).or_insert(0);
+        if *from_ip >= max_per_ip {
+            return Err(Refusal::TooManyFromAddress);
+        }
+        *from_ip += 1;
+        *total += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            ip,
+        })
+    }
+
+    pub(crate) fn open_connections(&self) -> usize {
+        lock(&self.open).0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.admission.open);
+        let (total, per_ip) = &mut *open;
+        *total -= 1;
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answer a refused connection with its HTTP status and close it, without waiting:
+/// the acceptor thread must not be held up by a client that does not read.
+pub(crate) fn refuse(stream: TcpStream, refusal: Refusal) {
+    let response: &[u8] = match refusal {
+        Refusal::Full => {
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        }
+        Refusal::TooManyFromAddress => {
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        }
+    };
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = (&stream).write(response);
+    }
+}
+
+/// How often the server protected itself, for [`Server::stats`](super::Server::stats).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub refused_full: AtomicU64,
+    pub refused_per_address: AtomicU64,
+    pub refused_origin: AtomicU64,
+    pub handshakes_failed: AtomicU64,
+    pub slow_clients_dropped: AtomicU64,
+    pub oversized_messages: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub peers_timed_out: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a server has seen so far: open connections, and how often each protection
+/// kicked in. From [`Server::stats`](super::Server::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections open now (including those still in their handshake).
+    pub connections: usize,
+    /// Refused with HTTP 503: `max_connections` were open.
+    pub refused_full: u64,
+    /// Refused with HTTP 429: `max_connections_per_ip` were open from the address.
+    pub refused_per_address: u64,
+    /// Refused with HTTP 403: an `Origin` not in `allowed_origins`.
+    pub refused_origin: u64,
+    /// Handshakes that failed or timed out (garbage, half requests, slow clients).
+    pub handshakes_failed: u64,
+    /// Clients disconnected because their outgoing queue was full (close code 1008).
+    pub slow_clients_dropped: u64,
+    /// Messages or frames over the size limits (close code 1009).
+    pub oversized_messages: u64,
+    /// Other WebSocket protocol violations (close codes 1002 and 1007).
+    pub protocol_errors: u64,
+    /// Clients silent past `peer_timeout`.
+    pub peers_timed_out: u64,
+}
+
+impl Stats {
+    pub(crate) fn read(counters: &Counters, connections: usize) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            connections,
+            refused_full: get(&counters.refused_full),
+            refused_per_address: get(&counters.refused_per_address),
+            refused_origin: get(&counters.refused_origin),
+            handshakes_failed: get(&counters.handshakes_failed),
+            slow_clients_dropped: get(&counters.slow_clients_dropped),
+            oversized_messages: get(&counters.oversized_messages),
+            protocol_errors: get(&counters.protocol_errors),
+            peers_timed_out: get(&counters.peers_timed_out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_hold_per_address_and_in_total_and_slots_give_back() {
+        let admission = Arc::new(Admission::default());
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let first = admission.admit(a, 3, 2).unwrap();
+        let _second = admission.admit(a, 3, 2).unwrap();
+        assert_eq!(
+            admission.admit(a, 3, 2).err(),
+            Some(Refusal::TooManyFromAddress)
+        );
+        let _third = admission.admit(b, 3, 2).unwrap();
+        assert_eq!(admission.admit(b, 3, 2).err(), Some(Refusal::Full));
+        assert_eq!(admission.open_connections(), 3);
+        drop(first);
+        assert_eq!(admission.open_connections(), 2);
+        assert!(admission.admit(a, 3, 2).is_ok());
+    }
+}
