@@ -3,7 +3,7 @@ CARGO ?= cargo
 NPM ?= npm
 NODE ?= node
 
-.PHONY: run test fmt-check clippy unit interop interop-deps bench clean
+.PHONY: run test fmt-check clippy unit interop interop-deps bench fuzz clean
 
 run:
 	$(CARGO) run --example demo
@@ -34,6 +34,16 @@ interop: interop-deps
 
 bench: interop-deps
 	$(CARGO) run --release --example load -- --compare
+
+# Each fuzz target for FUZZ_SECONDS (cargo install cargo-fuzz first). RUSTC_BOOTSTRAP
+# lets cargo fuzz use its nightly flags on the stable toolchain; no sanitizer runtime
+# is needed for what libFuzzer finds (panics, hangs, memory blow-ups).
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd fuzz && for t in json_requests msgpack_requests dispatch; do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -69,6 +69,45 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Entry points of the fuzz targets in `fuzz/`; compiled only under `cargo fuzz`.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::protocol::{Codec, Incoming};
+
+    /// Decode `data` as JSON requests, as a connection would, and read every params.
+    pub fn json_requests(data: &[u8]) {
+        requests(Codec::Json, data);
+    }
+
+    /// Decode `data` as MessagePack requests, as a connection would, and read every
+    /// params; also convert it to JSON, strictly and leniently.
+    pub fn msgpack_requests(data: &[u8]) {
+        requests(Codec::MsgPack, data);
+        let _ = crate::protocol::msgpack::to_json(data, true);
+        let _ = crate::protocol::msgpack::to_json(data, false);
+    }
+
+    fn requests(codec: Codec, data: &[u8]) {
+        let items = match codec.decode_requests(data, 1000) {
+            Incoming::Single(item) => vec![item],
+            Incoming::Batch(items) => items,
+            Incoming::Refused(_) => Vec::new(),
+        };
+        for call in items.into_iter().flatten() {
+            let _ = call.params.parse::<serde_json::Value>();
+            let _ = call.params.allowing_raw().parse::<(Vec<u8>,)>();
+        }
+        let _ = codec.decode_server_message(data);
+    }
+
+    /// Run `data` through the request dispatcher in both codecs, against a namespace
+    /// with methods, a protected method, login and events.
+    pub fn dispatch(data: &[u8]) {
+        crate::server::fuzz::dispatch(data);
+    }
+}
+
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -13,6 +13,8 @@ mod calls;
 mod config;
 mod connection;
 mod dispatcher;
+#[cfg(fuzzing)]
+pub(crate) mod fuzz;
 mod namespace;
 mod registry;
 mod resume;
@@ -176,7 +178,7 @@ impl Server {
     }
 
     /// A server with no threads, whose dispatcher commands the test reads itself.
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn detached() -> (Server, Receiver<Command>) {
         Server::unstarted(ServerBuilder::default(), ([127, 0, 0, 1], 0).into())
     }
