@@ -13,12 +13,14 @@ test: fmt-check clippy unit interop
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
+# With and without the optional TLS feature.
 clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
 
-# Unit tests, integration tests over loopback, and doc tests.
+# Unit tests, integration tests over loopback (TLS ones included), and doc tests.
 unit:
-	$(CARGO) test
+	$(CARGO) test --all-features
 
 # The pinned npm packages, installed from the committed lockfile.
 interop/node_modules/.package-lock.json: interop/package.json interop/package-lock.json
@@ -30,7 +32,7 @@ interop-deps: interop/node_modules/.package-lock.json
 interop: interop-deps
 	$(CARGO) build --example interop_server
 	cd interop && WSRPC_INTEROP_SERVER=../target/debug/examples/interop_server $(NODE) --test
-	$(CARGO) test --test interop_js_server -- --include-ignored
+	$(CARGO) test --all-features --test interop_js_server -- --include-ignored
 
 bench: interop-deps
 	$(CARGO) run --release --example load -- --compare

@@ -51,6 +51,8 @@ mod client;
 mod error;
 mod protocol;
 mod server;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 pub use client::{Client, ClientBuilder, CloseInfo, CloseKind};

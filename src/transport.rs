@@ -21,9 +21,56 @@ use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use crate::lock;
 use crate::protocol::Codec;
 
+/// A connection's byte stream: plain TCP, or TLS over it. Read by one thread and
+/// written by others at the same time (`&Socket` is `Read + Write`).
+pub(crate) enum Socket {
+    Plain(TcpStream),
+    /// Boxed: the TLS state is large, a plain connection should not pay for it.
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::TlsSocket>),
+}
+
+impl Socket {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Socket::Plain(tcp) => tcp,
+            #[cfg(feature = "tls")]
+            Socket::Tls(tls) => tls.tcp(),
+        }
+    }
+
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+}
+
+impl Read for &Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Plain(tcp) => (&*tcp).read(buf),
+            #[cfg(feature = "tls")]
+            Socket::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for &Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Plain(tcp) => (&*tcp).write(buf),
+            #[cfg(feature = "tls")]
+            Socket::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The write half of a connection.
 pub(crate) struct Sink {
-    stream: TcpStream,
+    stream: Socket,
     writer: Mutex<Writer>,
 }
 
@@ -38,7 +85,7 @@ struct Writer {
 }
 
 impl Sink {
-    pub(crate) fn new(stream: TcpStream, role: Role, config: WebSocketConfig) -> Self {
+    pub(crate) fn new(stream: Socket, role: Role, config: WebSocketConfig) -> Self {
         // This context only writes: no read buffer, and every frame goes out at once.
         let config = config.write_buffer_size(0).read_buffer_size(0);
         Sink {
@@ -129,7 +176,7 @@ impl Sink {
 
     /// Drop the TCP connection at once, waking a reader blocked on it.
     pub(crate) fn shutdown(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(Shutdown::Both);
     }
 }
 

@@ -66,6 +66,8 @@ pub(super) struct Hooks {
 
 /// What the client's threads need to know of its options.
 pub(super) struct Options {
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub policy: ReconnectPolicy,
     pub timeout: Duration,
     pub codec: Codec,
@@ -104,6 +106,8 @@ impl ClientBuilder {
             autoconnect: true,
             reconnect: true,
             options: Options {
+                #[cfg(feature = "tls")]
+                tls: None,
                 policy: ReconnectPolicy::default(),
                 timeout: Duration::from_secs(30),
                 codec: Codec::Json,
@@ -231,6 +235,14 @@ impl ClientBuilder {
     /// codec the server sends, so it also works with servers that ignore the query.
     pub fn msgpack(mut self, yes: bool) -> Self {
         self.options.codec = if yes { Codec::MsgPack } else { Codec::Json };
+        self
+    }
+
+    /// The rustls settings for `wss://` URLs (feature `tls`). Default: the Mozilla root
+    /// certificates (webpki-roots) with rustls' ring provider.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.options.tls = Some(config);
         self
     }
 

@@ -19,7 +19,7 @@ use super::{CloseInfo, CloseKind, Inner, Job};
 use crate::error::Error;
 use crate::lock;
 use crate::protocol::{Codec, Id, ServerMessage};
-use crate::transport::{ConnStream, Idle, Sink, close_info, is_timeout};
+use crate::transport::{ConnStream, Idle, Sink, Socket, close_info, is_timeout};
 
 /// What the client's owner tells its I/O thread.
 pub(super) enum Control {
@@ -101,28 +101,30 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>, bool), Error> {
         request.headers_mut().insert(RESUME_HEADER, value);
     }
     let uri = request.uri();
-    match uri.scheme_str() {
-        Some("ws") => {}
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") if cfg!(feature = "tls") => true,
         Some("wss") => {
             return Err(Error::InvalidUrl(
-                "wss:// needs TLS, which this build lacks".into(),
+                "wss:// needs wsrpc's `tls` feature".into(),
             ));
         }
         _ => {
             return Err(Error::InvalidUrl(format!(
-                "{uri}: the scheme must be ws://"
+                "{uri}: the scheme must be ws:// or wss://"
             )));
         }
-    }
+    };
     let host = uri
         .host()
         .unwrap_or("")
         .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
     let mut last_error = Error::InvalidUrl(format!("{host}: no address"));
     let mut stream = None;
-    for addr in (host, port).to_socket_addrs()? {
+    for addr in (host.as_str(), port).to_socket_addrs()? {
         match TcpStream::connect_timeout(&addr, inner.options.timeout) {
             Ok(s) => {
                 stream = Some(s);
@@ -136,7 +138,12 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>, bool), Error> {
     // A send blocked on a server that does not read fails instead of hanging.
     stream.set_write_timeout(Some(inner.options.timeout))?;
     let config = WebSocketConfig::default().read_buffer_size(16 << 10);
-    let sink = Arc::new(Sink::new(stream, Role::Client, config));
+    let socket = if secure {
+        secure_socket(inner, stream, &host)?
+    } else {
+        Socket::Plain(stream)
+    };
+    let sink = Arc::new(Sink::new(socket, Role::Client, config));
     {
         // Visible to `close`, which cuts the attempt short.
         let mut state = inner.state();
@@ -159,6 +166,23 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>, bool), Error> {
     inner.state().session_token = header(SESSION_HEADER).map(str::to_owned);
     let resumed = header(RESUMED_HEADER).is_some();
     Ok((reader, sink, resumed))
+}
+
+#[cfg(feature = "tls")]
+fn secure_socket(inner: &Inner, stream: TcpStream, host: &str) -> Result<Socket, Error> {
+    let config = match &inner.options.tls {
+        Some(config) => config.clone(),
+        None => crate::tls::default_client_config()?,
+    };
+    let tls = crate::tls::TlsSocket::client(stream, config, host)?;
+    Ok(Socket::Tls(Box::new(tls)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn secure_socket(_: &Inner, _: TcpStream, _: &str) -> Result<Socket, Error> {
+    Err(Error::InvalidUrl(
+        "wss:// needs wsrpc's `tls` feature".into(),
+    ))
 }
 
 /// The I/O thread's life: wait, connect, read until the connection drops, decide

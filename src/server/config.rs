@@ -226,6 +226,8 @@ fn call<T>(name: &str, hook: &Option<Callback<T>>, arg: &T) {
 pub struct ServerBuilder {
     pub(crate) config: ServerConfig,
     pub(crate) hooks: Hooks,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServerBuilder {
@@ -258,6 +260,16 @@ impl ServerBuilder {
     /// connection, a failed `accept`.
     pub fn on_error(mut self, f: impl Fn(&Error) + Send + Sync + 'static) -> Self {
         self.hooks.error = Some(Arc::new(f));
+        self
+    }
+
+    /// Serve TLS (`wss://`) with these rustls settings (feature `tls`). Build them with
+    /// an explicit crypto provider, such as
+    /// `rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))`,
+    /// so that no process-wide default provider is needed.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
         self
     }
 

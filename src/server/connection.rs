@@ -285,7 +285,14 @@ fn open(
     let config = server.config().clone();
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + config.handshake_timeout;
-    let sink = Arc::new(Sink::new(stream, Role::Server, config.websocket()));
+    let socket = match server.socket(stream) {
+        Ok(socket) => socket,
+        Err(e) => {
+            log::warn!("{e}");
+            return None;
+        }
+    };
+    let sink = Arc::new(Sink::new(socket, Role::Server, config.websocket()));
     let mut info = None;
     let mut declared = None;
     let mut session = None;

@@ -110,6 +110,8 @@ struct Shared {
     running: Mutex<Option<Running>>,
     admission: Arc<Admission>,
     counters: Counters,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct Running {
@@ -170,6 +172,8 @@ impl Server {
             running: Mutex::new(None),
             admission: Arc::default(),
             counters: Counters::default(),
+            #[cfg(feature = "tls")]
+            tls: builder.tls,
         };
         let server = Server {
             shared: Arc::new(shared),
@@ -331,6 +335,16 @@ impl Server {
     pub fn stats(&self) -> Stats {
         let open = self.shared.admission.open_connections();
         Stats::read(&self.shared.counters, open)
+    }
+
+    /// The byte stream of an accepted connection: TLS if the server serves TLS.
+    pub(crate) fn socket(&self, stream: TcpStream) -> Result<crate::transport::Socket, Error> {
+        #[cfg(feature = "tls")]
+        if let Some(config) = &self.shared.tls {
+            let tls = crate::tls::TlsSocket::server(stream, config.clone())?;
+            return Ok(crate::transport::Socket::Tls(Box::new(tls)));
+        }
+        Ok(crate::transport::Socket::Plain(stream))
     }
 
     pub(crate) fn counters(&self) -> &Counters {

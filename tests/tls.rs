@@ -1,0 +1,163 @@
+//! wss:// end to end: a TLS listener in the server and TLS in the client, with a
+//! certificate made at test time (rcgen). No private key is committed anywhere.
+#![cfg(feature = "tls")]
+
+mod common;
+
+use std::sync::{Arc, mpsc};
+
+use common::DEADLINE;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{Value, json};
+use wsrpc::{Client, Error, Server};
+
+struct Tls {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+/// A self-signed certificate for localhost, and configs that use and trust it, with
+/// the ring provider chosen explicitly.
+fn tls() -> Tls {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert: CertificateDer<'static> = made.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Tls {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    }
+}
+
+fn start(tls: &Tls) -> Server {
+    common::start_with(Server::builder().tls(tls.server.clone()))
+}
+
+fn wss(server: &Server, path: &str) -> String {
+    format!("wss://localhost:{}{path}", server.local_addr().port())
+}
+
+#[test]
+fn calls_and_events_work_over_wss() {
+    let tls = tls();
+    let server = start(&tls);
+    let client = Client::builder(&wss(&server, "/"))
+        .tls_config(tls.client.clone())
+        .connect()
+        .unwrap();
+    assert_eq!(client.call("sum", [5, 3]).unwrap(), json!(8));
+    let (tx, events) = mpsc::channel();
+    client
+        .subscribe("newsUpdate", move |p| drop(tx.send(p.clone())))
+        .unwrap();
+    client
+        .call("emit", json!(["newsUpdate", {"n": 1}]))
+        .unwrap();
+    assert_eq!(events.recv_timeout(DEADLINE).unwrap(), json!({"n": 1}));
+    client.close();
+    server.close();
+}
+
+#[test]
+fn large_messages_cross_many_tls_records_both_ways() {
+    let tls = tls();
+    let server = start(&tls);
+    for msgpack in [false, true] {
+        let client = Client::builder(&wss(&server, "/"))
+            .tls_config(tls.client.clone())
+            .msgpack(msgpack)
+            .connect()
+            .unwrap();
+        let big = "x".repeat(1 << 20);
+        let echoed = client.call("echo", json!([big])).unwrap();
+        assert_eq!(echoed[0].as_str().map(str::len), Some(1 << 20));
+        client.close();
+    }
+    server.close();
+}
+
+#[test]
+fn events_and_calls_interleave_on_one_tls_connection() {
+    let tls = tls();
+    let server = start(&tls);
+    let client = Client::builder(&wss(&server, "/"))
+        .tls_config(tls.client.clone())
+        .connect()
+        .unwrap();
+    let (tx, events) = mpsc::channel::<Value>();
+    client
+        .subscribe("newsUpdate", move |p| drop(tx.send(p.clone())))
+        .unwrap();
+    // The server writes events from its writer thread while the connection's reader
+    // answers calls: both use the one TLS state.
+    let emitter = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            for n in 0..500 {
+                server.emit("newsUpdate", json!({"n": n})).unwrap();
+            }
+        })
+    };
+    for n in 0..200 {
+        assert_eq!(client.call("sum", [n, 1]).unwrap(), json!(n + 1));
+    }
+    emitter.join().unwrap();
+    for n in 0..500 {
+        assert_eq!(events.recv_timeout(DEADLINE).unwrap(), json!({"n": n}));
+    }
+    client.close();
+    server.close();
+}
+
+#[test]
+fn an_untrusted_certificate_is_refused() {
+    let tls = tls();
+    let server = start(&tls);
+    // The default settings trust the public roots only.
+    let refused = Client::builder(&wss(&server, "/"))
+        .reconnect(false)
+        .connect();
+    assert!(refused.is_err(), "a self-signed certificate was trusted");
+    // The server is unharmed.
+    let client = Client::builder(&wss(&server, "/"))
+        .tls_config(tls.client.clone())
+        .connect()
+        .unwrap();
+    assert_eq!(client.call("sum", [1, 1]).unwrap(), json!(2));
+    client.close();
+    server.close();
+}
+
+#[test]
+fn a_plain_client_cannot_talk_to_a_tls_server() {
+    let tls = tls();
+    let server = start(&tls);
+    let plain = format!("ws://127.0.0.1:{}/", server.local_addr().port());
+    let refused = Client::builder(&plain)
+        .reconnect(false)
+        .timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .err();
+    assert!(
+        matches!(
+            refused,
+            Some(Error::Protocol(_) | Error::Io(_) | Error::ConnectionLost)
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(server.stats().connections, 0);
+    server.close();
+}
