@@ -247,8 +247,10 @@ impl Server {
         // accept() only returns for a connection: make one.
         let _ = TcpStream::connect(loopback(self.shared.local_addr));
         let _ = acceptor.join();
+        // Only the read side: a stalled handshake ends on EOF, while one that has
+        // just finished can still send its client 1001 when it fails to register.
         for (_, stream) in lock(&self.shared.handshaking).take().into_iter().flatten() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = stream.shutdown(std::net::Shutdown::Read);
         }
         // Close the gate here, not in the dispatcher: a connection thread may hold it
         // while waiting for room in the command channel, which only the running
