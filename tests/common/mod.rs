@@ -392,3 +392,33 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Helpers added for `tests/msgpack.rs`.
+impl Raw {
+    /// Send `value` as a MessagePack map with string keys, in a binary frame.
+    pub fn send_msgpack(&mut self, value: &Value) {
+        let bytes = rmp_serde::to_vec_named(value).expect("a JSON value encodes");
+        self.send_binary(&bytes);
+    }
+
+    /// The next data frame, which must be binary; its bytes as they came.
+    pub fn recv_binary(&mut self) -> Vec<u8> {
+        match self.recv_message() {
+            Message::Binary(bytes) => bytes.to_vec(),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    /// The next data frame, which must be a binary MessagePack frame, decoded.
+    pub fn recv_msgpack(&mut self) -> Value {
+        let bytes = self.recv_binary();
+        rmp_serde::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("not MessagePack ({e}): {bytes:02x?}"))
+    }
+
+    /// Send `value` as MessagePack and read the MessagePack reply.
+    pub fn request_msgpack(&mut self, value: &Value) -> Value {
+        self.send_msgpack(value);
+        self.recv_msgpack()
+    }
+}
