@@ -8,8 +8,8 @@ mod reconnect;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -76,6 +76,8 @@ struct Inner {
     io_thread: Mutex<Option<JoinHandle<()>>>,
     /// Disconnected when the I/O thread ends.
     io_done: Receiver<()>,
+    /// The thread that runs callbacks (and restores connections).
+    callback_thread: OnceLock<ThreadId>,
 }
 
 /// The connection and the calls waiting on it, under one lock so that a call either
@@ -152,6 +154,7 @@ impl Client {
             jobs: jobs_tx,
             io_thread: Mutex::new(None),
             io_done,
+            callback_thread: OnceLock::new(),
         });
         let callbacks = Arc::downgrade(&inner);
         let spawned = thread::Builder::new()
@@ -177,7 +180,8 @@ impl Client {
     }
 
     /// Connect now if not connected; returns once connected (and, after a reconnect,
-    /// restored) or once the attempt failed.
+    /// restored) or once the attempt failed. Called from a callback, it only starts the
+    /// attempt: the connection is restored on the callback thread, after the callback.
     pub fn open(&self) -> Result<(), Error> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         {
@@ -193,6 +197,11 @@ impl Client {
             state.waiting.push(tx);
         }
         let _ = self.inner.control.send(Control::Open);
+        // On the callback thread (inside on_close, say) the connection cannot become
+        // ready until this callback returns: ask for it and return at once.
+        if self.inner.callback_thread.get() == Some(&thread::current().id()) {
+            return Ok(());
+        }
         rx.recv().unwrap_or(Err(Error::Closed))
     }
 
@@ -503,6 +512,9 @@ impl Inner {
 }
 
 fn run_callbacks(inner: std::sync::Weak<Inner>, jobs: Receiver<Job>) {
+    if let Some(inner) = inner.upgrade() {
+        let _ = inner.callback_thread.set(thread::current().id());
+    }
     for job in jobs {
         let Some(inner) = inner.upgrade() else {
             return;

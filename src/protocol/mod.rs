@@ -248,7 +248,11 @@ impl Codec {
     pub(crate) fn encode_value<T: Serialize + ?Sized>(self, value: &T) -> Result<Encoded, String> {
         let encoded = match self {
             Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
-            Codec::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
+            // Through JSON's value model, so a result means the same in both codecs:
+            // rmp-serde alone writes a unit struct as `[]` and a u128 as binary.
+            Codec::MsgPack => serde_json::to_value(value)
+                .map_err(|e| e.to_string())
+                .and_then(|v| rmp_serde::to_vec_named(&v).map_err(|e| e.to_string())),
         };
         encoded.map(Encoded)
     }

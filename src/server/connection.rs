@@ -339,7 +339,12 @@ fn open(
         }
     };
     let info = info?;
-    reader.get_mut().opened(&config.heartbeat()).ok()?;
+    if reader.get_mut().opened(&config.heartbeat()).is_err() {
+        if let Some((token, Some(_))) = session {
+            server.dispatch(Command::Unclaim(token));
+        }
+        return None;
+    }
     let mut state = Session::new(key, info.socket_id.clone(), info.namespace.clone());
     let mut resumes = None;
     if let Some((token, claimed)) = session {

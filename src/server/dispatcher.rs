@@ -165,9 +165,10 @@ impl Dispatcher {
                 namespace,
                 reply,
             } => {
-                let _ = reply.send(self.parking.claim(&token, &namespace));
+                let claimed = self.parking.claim(&token, &namespace, Instant::now());
+                let _ = reply.send(claimed);
             }
-            Command::Unclaim(token) => self.parking.unclaim(&token),
+            Command::Unclaim(token) => self.parking.unclaim(&token, Instant::now()),
             Command::Subscribe { key, events } => {
                 let Some(conn) = self.conns.get(&key) else {
                     return;

@@ -260,13 +260,17 @@ impl Server {
         // accept() only returns for a connection: make one.
         let _ = TcpStream::connect(loopback(self.shared.local_addr));
         let _ = acceptor.join();
-        for (_, stream) in lock(&self.shared.handshaking).take().into_iter().flatten() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
         // Close the gate here, not in the dispatcher: a connection thread may hold it
         // while waiting for room in the command channel, which only the running
-        // dispatcher makes. Every Connect is then queued before Shutdown.
+        // dispatcher makes. Every Connect is then queued before Shutdown. It must shut
+        // before the handshakes below are cut: a connection that registered after the
+        // cut would live on with a dead read side and end in a reset, without 1001.
         self.stop_registering();
+        // Only the read side: a stalled handshake ends on EOF, while one that has
+        // just finished can still send its client 1001 when it fails to register.
+        for (_, stream) in lock(&self.shared.handshaking).take().into_iter().flatten() {
+            let _ = stream.shutdown(std::net::Shutdown::Read);
+        }
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         self.dispatch(Command::Shutdown { done: done_tx });
         let _ = done_rx.recv();

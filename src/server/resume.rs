@@ -95,9 +95,9 @@ impl Parking {
     }
 
     /// Reserve a parked session of `namespace` for a resuming connection.
-    pub(crate) fn claim(&mut self, token: &str, namespace: &str) -> Option<Claimed> {
+    pub(crate) fn claim(&mut self, token: &str, namespace: &str, now: Instant) -> Option<Claimed> {
         let session = self.sessions.get_mut(token)?;
-        if session.claimed || session.namespace != namespace {
+        if session.claimed || session.namespace != namespace || now >= session.expires {
             return None;
         }
         session.claimed = true;
@@ -109,9 +109,16 @@ impl Parking {
     }
 
     /// The resuming connection's handshake failed: the session may be claimed again.
-    pub(crate) fn unclaim(&mut self, token: &str) {
-        if let Some(session) = self.sessions.get_mut(token) {
-            session.claimed = false;
+    pub(crate) fn unclaim(&mut self, token: &str, now: Instant) {
+        let Some(session) = self.sessions.get_mut(token) else {
+            return;
+        };
+        session.claimed = false;
+        // It may have come due while claimed (expiry skips claimed sessions).
+        if now >= session.expires
+            && let Some(session) = self.sessions.remove(token)
+        {
+            self.forget_subscriptions(token, &session);
         }
     }
 
@@ -183,8 +190,12 @@ impl Parking {
             let Some((at, token)) = self.expiry.pop_front() else {
                 break;
             };
-            // A session resumed and parked again has a later expiry of its own.
-            if self.sessions.get(&token).is_some_and(|s| s.expires == at)
+            // A session resumed and parked again has a later expiry of its own; a
+            // claimed one belongs to the connection resuming it (or to `unclaim`).
+            if self
+                .sessions
+                .get(&token)
+                .is_some_and(|s| s.expires == at && !s.claimed)
                 && let Some(session) = self.sessions.remove(&token)
             {
                 log::debug!("session of {} expired", session.socket_id);
@@ -234,10 +245,10 @@ mod tests {
         p.emit("/", "other", 10, |_| text("x"));
         p.emit("/chat", "feed", 10, |_| text("x"));
         p.emit("/", "feed", 10, |_| text("2"));
-        let claimed = p.claim("t", "/").unwrap();
+        let claimed = p.claim("t", "/", Instant::now()).unwrap();
         assert_eq!(claimed.socket_id, "s1");
         assert!(claimed.logged_in);
-        assert!(p.claim("t", "/").is_none(), "claimed twice");
+        assert!(p.claim("t", "/", Instant::now()).is_none(), "claimed twice");
         let session = p.take("t").unwrap();
         assert_eq!(
             session.missed,
@@ -251,11 +262,11 @@ mod tests {
     fn claims_need_the_same_namespace_and_can_be_released() {
         let mut p = Parking::default();
         p.park("t".into(), parked(&[], Duration::from_secs(60)));
-        assert!(p.claim("t", "/chat").is_none());
-        assert!(p.claim("nope", "/").is_none());
-        assert!(p.claim("t", "/").is_some());
-        p.unclaim("t");
-        assert!(p.claim("t", "/").is_some());
+        assert!(p.claim("t", "/chat", Instant::now()).is_none());
+        assert!(p.claim("nope", "/", Instant::now()).is_none());
+        assert!(p.claim("t", "/", Instant::now()).is_some());
+        p.unclaim("t", Instant::now());
+        assert!(p.claim("t", "/", Instant::now()).is_some());
     }
 
     #[test]
@@ -266,7 +277,23 @@ mod tests {
         assert_eq!(p.len(), 1);
         p.emit("/", "feed", 2, |_| text("2"));
         assert_eq!(p.len(), 0);
-        assert!(p.claim("t", "/").is_none());
+        assert!(p.claim("t", "/", Instant::now()).is_none());
+    }
+
+    #[test]
+    fn a_claimed_session_outlives_its_expiry_until_released() {
+        let mut p = Parking::default();
+        p.park("t".into(), parked(&["feed"], Duration::from_millis(10)));
+        assert!(p.claim("t", "/", Instant::now()).is_some());
+        let at = p.next_expiry().unwrap();
+        p.expire(at);
+        assert!(p.take("t").is_some(), "the claimant lost its session");
+        p.park("u".into(), parked(&[], Duration::from_millis(10)));
+        assert!(p.claim("u", "/", Instant::now()).is_some());
+        let due = p.next_expiry().unwrap();
+        p.expire(due);
+        p.unclaim("u", due);
+        assert_eq!(p.len(), 0, "an overdue session is dropped when released");
     }
 
     #[test]

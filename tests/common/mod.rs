@@ -154,3 +154,271 @@ pub fn quick_close(ms: u64) -> wsrpc::ServerConfig {
     config.close_timeout = Duration::from_millis(ms);
     config
 }
+
+// ---------------------------------------------------------------- added for tests/lifecycle.rs
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// A fixture server on exactly `addr` (a port a closed server just freed), made by
+/// `builder`; the bind is retried until the port is free or `DEADLINE` passes.
+pub fn start_at(addr: SocketAddr, builder: impl Fn() -> wsrpc::ServerBuilder) -> Server {
+    let mut server = None;
+    let bound = wait_until(|| {
+        server = builder().bind(addr).ok();
+        server.is_some()
+    });
+    assert!(bound, "could not bind {addr} again before the deadline");
+    let server = server.unwrap();
+    fixture::install(&server);
+    server
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A loopback TCP proxy in front of a server, to break connections in ways a server
+/// cannot: drop them without a close frame, refuse new ones, or stop moving bytes.
+/// Each connection is a pair of sockets with a pump thread per direction.
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<ProxyShared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+struct ProxyShared {
+    target: SocketAddr,
+    /// Whether connections are refused, and the live pairs: one lock, so that a pair
+    /// set up while `refuse(true)` runs is either refused or seen by `cut_all`.
+    state: Mutex<ProxyState>,
+    stalled: Mutex<bool>,
+    /// Signalled when the stall ends or a pair is cut.
+    unstalled: Condvar,
+    accepted: AtomicUsize,
+    closing: AtomicBool,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    refuse: bool,
+    pairs: Vec<Arc<Pair>>,
+}
+
+struct Pair {
+    client: TcpStream,
+    server: TcpStream,
+    cut: AtomicBool,
+    /// Pump threads still running.
+    pumps: AtomicUsize,
+}
+
+impl Pair {
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.server.shutdown(Shutdown::Both);
+    }
+}
+
+impl Proxy {
+    /// A proxy on a port the OS picks, forwarding to `target`.
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy on loopback");
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(ProxyShared {
+            target,
+            state: Mutex::new(ProxyState::default()),
+            stalled: Mutex::new(false),
+            unstalled: Condvar::new(),
+            accepted: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+        });
+        let acceptor = std::thread::spawn({
+            let shared = shared.clone();
+            move || accept_loop(listener, shared)
+        });
+        Proxy {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// A proxy in front of `server`.
+    pub fn to(server: &Server) -> Proxy {
+        Proxy::start(server.local_addr())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://PROXY{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Shut down both sockets of every current connection: each side sees its TCP
+    /// connection end without a close frame.
+    pub fn cut_all(&self) {
+        let pairs = std::mem::take(&mut lock(&self.shared.state).pairs);
+        for pair in &pairs {
+            pair.cut();
+        }
+        // Wake pumps held by a stall, so they see the cut.
+        let _guard = lock(&self.shared.stalled);
+        self.shared.unstalled.notify_all();
+    }
+
+    /// While set, every accepted connection is closed at once (before any byte is
+    /// read): the client's attempts fail, and the server never sees them.
+    pub fn refuse(&self, yes: bool) {
+        lock(&self.shared.state).refuse = yes;
+    }
+
+    /// While set, no byte is forwarded in either direction, and nothing is closed: a
+    /// peer that has gone silent. Bytes read meanwhile are forwarded once it ends.
+    pub fn stall(&self, yes: bool) {
+        *lock(&self.shared.stalled) = yes;
+        self.shared.unstalled.notify_all();
+    }
+
+    /// Connections accepted so far, refused ones included.
+    pub fn accepted(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        // accept() only returns for a connection: make one.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        self.stall(false);
+        self.cut_all();
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<ProxyShared>) {
+    for stream in listener.incoming() {
+        if shared.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(client) = stream else { continue };
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
+        let mut state = lock(&shared.state);
+        state.pairs.retain(|p| p.pumps.load(Ordering::SeqCst) > 0);
+        if state.refuse {
+            drop(client);
+            continue;
+        }
+        let Ok(server) = TcpStream::connect(shared.target) else {
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let (Ok(c1), Ok(c2), Ok(s1), Ok(s2)) = (
+            client.try_clone(),
+            client.try_clone(),
+            server.try_clone(),
+            server.try_clone(),
+        ) else {
+            continue;
+        };
+        let pair = Arc::new(Pair {
+            client,
+            server,
+            cut: AtomicBool::new(false),
+            pumps: AtomicUsize::new(2),
+        });
+        state.pairs.push(pair.clone());
+        drop(state);
+        for (from, to) in [(c1, s1), (s2, c2)] {
+            let (pair, shared) = (pair.clone(), shared.clone());
+            std::thread::spawn(move || {
+                pump(from, to, &pair, &shared);
+                pair.pumps.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+}
+
+/// Copy `from` to `to`, holding bytes while the proxy is stalled. The end of `from`
+/// is passed on as the end of `to`'s writing half; an error cuts the pair.
+fn pump(mut from: TcpStream, mut to: TcpStream, pair: &Pair, shared: &ProxyShared) {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        {
+            let mut stalled = lock(&shared.stalled);
+            while *stalled && !pair.cut.load(Ordering::SeqCst) {
+                stalled = shared
+                    .unstalled
+                    .wait(stalled)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
+        if pair.cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    pair.cut();
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves none.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Helpers added for `tests/msgpack.rs`.
+impl Raw {
+    /// Send `value` as a MessagePack map with string keys, in a binary frame.
+    pub fn send_msgpack(&mut self, value: &Value) {
+        let bytes = rmp_serde::to_vec_named(value).expect("a JSON value encodes");
+        self.send_binary(&bytes);
+    }
+
+    /// The next data frame, which must be binary; its bytes as they came.
+    pub fn recv_binary(&mut self) -> Vec<u8> {
+        match self.recv_message() {
+            Message::Binary(bytes) => bytes.to_vec(),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    /// The next data frame, which must be a binary MessagePack frame, decoded.
+    pub fn recv_msgpack(&mut self) -> Value {
+        let bytes = self.recv_binary();
+        rmp_serde::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("not MessagePack ({e}): {bytes:02x?}"))
+    }
+
+    /// Send `value` as MessagePack and read the MessagePack reply.
+    pub fn request_msgpack(&mut self, value: &Value) -> Value {
+        self.send_msgpack(value);
+        self.recv_msgpack()
+    }
+}
