@@ -422,3 +422,199 @@ impl Raw {
         self.recv_msgpack()
     }
 }
+
+/// Helpers added for `tests/hostile.rs`: a client that writes WebSocket frames byte
+/// by byte on a plain TCP stream (unmasked, truncated, lying about their length), after
+/// an upgrade done by hand.
+pub struct Wire {
+    pub tcp: TcpStream,
+    /// Bytes read past the end of the handshake response, not yet parsed.
+    pending: Vec<u8>,
+}
+
+/// One frame as the server sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WireFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// WebSocket opcodes, for [`ws_frame`].
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+
+/// The bytes of one frame: `first` is the first header byte as sent (FIN, RSV bits and
+/// opcode), `mask` masks the payload as a client must, and the length is encoded in
+/// the shortest form.
+pub fn ws_frame_raw(first: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    ws_length(&mut out, mask_bit, payload.len() as u64);
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// A masked frame (as a client sends it) with FIN set or not.
+pub fn ws_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let first = if fin { 0x80 } else { 0 } | opcode;
+    ws_frame_raw(first, Some([0x11, 0x22, 0x33, 0x44]), payload)
+}
+
+/// The second header byte and extended length of a frame of `len` bytes.
+pub fn ws_length(out: &mut Vec<u8>, mask_bit: u8, len: u64) {
+    match len {
+        0..=125 => out.push(mask_bit | len as u8),
+        126..=0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+}
+
+/// The HTTP request of a WebSocket upgrade to `path`, with extra header lines.
+pub fn upgrade_request(server: &Server, path: &str, extra: &[&str]) -> String {
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+        server.local_addr()
+    );
+    for line in extra {
+        request.push_str(line);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request
+}
+
+impl Wire {
+    /// Connect and upgrade by hand; panics unless the server answers 101.
+    pub fn connect(server: &Server, path: &str) -> Wire {
+        let tcp = TcpStream::connect(server.local_addr()).expect("connect");
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut wire = Wire {
+            tcp,
+            pending: Vec::new(),
+        };
+        wire.send(upgrade_request(server, path, &[]).as_bytes())
+            .expect("send the upgrade request");
+        let head = wire.read_http_head().expect("a handshake response");
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "the upgrade was refused: {head}"
+        );
+        wire
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.tcp.write_all(bytes)
+    }
+
+    /// Read up to the end of an HTTP response head; what follows stays pending.
+    fn read_http_head(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.pending.drain(..end + 4).collect();
+                return Some(String::from_utf8_lossy(&head).into_owned());
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// Read more bytes; `false` at the end of the stream (or an error or timeout).
+    fn fill(&mut self) -> bool {
+        use std::io::Read;
+        let mut chunk = [0u8; 64 << 10];
+        match self.tcp.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.pending.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.pending.len() < n {
+            if !self.fill() {
+                return None;
+            }
+        }
+        Some(self.pending.drain(..n).collect())
+    }
+
+    /// The next frame from the server; `None` when the connection ended first.
+    pub fn read_frame(&mut self) -> Option<WireFrame> {
+        let head = self.take(2)?;
+        assert_eq!(head[1] & 0x80, 0, "the server masked a frame");
+        let len = match head[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes(self.take(2)?.try_into().unwrap())),
+            127 => u64::from_be_bytes(self.take(8)?.try_into().unwrap()),
+            n => u64::from(n),
+        };
+        let payload = self.take(len as usize)?;
+        Some(WireFrame {
+            fin: head[0] & 0x80 != 0,
+            opcode: head[0] & 0x0f,
+            payload,
+        })
+    }
+
+    /// Skip frames up to the server's close frame; its code (1005 for none), or
+    /// `None` when the connection ended without one.
+    pub fn recv_close(&mut self) -> Option<u16> {
+        loop {
+            let frame = self.read_frame()?;
+            if frame.opcode == OP_CLOSE {
+                return Some(match frame.payload.get(..2) {
+                    Some(code) => u16::from_be_bytes([code[0], code[1]]),
+                    None => 1005,
+                });
+            }
+        }
+    }
+
+    /// Whether the server ends the connection (EOF or reset) before `DEADLINE`,
+    /// whatever it sends first.
+    pub fn ends(&mut self) -> bool {
+        use std::io::Read;
+        let end = Instant::now() + DEADLINE;
+        let mut chunk = [0u8; 64 << 10];
+        while Instant::now() < end {
+            match self.tcp.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+/// The resident memory of this process (servers under test run in it), in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
