@@ -10,6 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,10 @@ impl Socket {
     pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.tcp().set_read_timeout(timeout)
     }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_write_timeout(timeout)
+    }
 }
 
 impl Read for &Socket {
@@ -71,6 +76,8 @@ impl Write for &Socket {
 /// The write half of a connection.
 pub(crate) struct Sink {
     stream: Socket,
+    /// A write waited past the write timeout: the peer has stopped reading.
+    stalled: AtomicBool,
     writer: Mutex<Writer>,
 }
 
@@ -90,6 +97,7 @@ impl Sink {
         let config = config.write_buffer_size(0).read_buffer_size(0);
         Sink {
             stream,
+            stalled: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 ctx: WebSocketContext::new(role, Some(config)),
                 role,
@@ -108,8 +116,16 @@ impl Sink {
         }
         let large = message.len() > LARGE_FRAME;
         let mut stream = &self.stream;
-        w.ctx.write(&mut stream, message)?;
-        w.ctx.flush(&mut stream)?;
+        let written = w
+            .ctx
+            .write(&mut stream, message)
+            .and_then(|()| w.ctx.flush(&mut stream));
+        if let Err(e) = written {
+            if is_timeout(&e) {
+                self.stall();
+            }
+            return Err(e);
+        }
         if large {
             // The context keeps its output buffer at its largest size; an idle
             // connection should not hold on to the biggest frame it ever sent.
@@ -165,13 +181,31 @@ impl Sink {
         if w.close_sent {
             return Ok(());
         }
-        (&self.stream).write_all(bytes)?;
+        (&self.stream).write_all(bytes).inspect_err(|e| {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                self.stall();
+            }
+        })?;
         // After the peer's close frame the reader writes only its close reply: that
         // was our close frame, and nothing may follow it.
         if w.closing {
             w.close_sent = true;
         }
         Ok(())
+    }
+
+    /// The peer stopped reading: a write has waited past its timeout. The connection
+    /// is cut, which wakes its reader and every writer waiting behind this one.
+    fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        self.shutdown();
+    }
+
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
     }
 
     /// Drop the TCP connection at once, waking a reader blocked on it.
@@ -262,10 +296,15 @@ impl ConnStream {
         }
     }
 
-    /// The handshake is over: reads wait for data, waking each heartbeat tick.
+    /// The handshake is over: reads wait for data, waking each heartbeat tick; a
+    /// write that waits longer than the peer timeout means a peer that stopped
+    /// reading, and ends the connection.
     pub(crate) fn opened(&mut self, heartbeat: &Heartbeat) -> io::Result<()> {
         self.deadline = None;
         self.heard = Instant::now();
+        if heartbeat.peer_timeout.is_some() {
+            self.sink.stream.set_write_timeout(heartbeat.peer_timeout)?;
+        }
         self.sink.stream.set_read_timeout(heartbeat.tick())
     }
 

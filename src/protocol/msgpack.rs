@@ -341,7 +341,7 @@ impl<'a> Member<'a> for Slice<'a> {
         match self.head() {
             Some(Head::Nil) | Some(Head::Bool(false)) => true,
             Some(Head::Uint(0)) | Some(Head::Int(0)) => true,
-            Some(Head::Float(x)) => x == 0.0,
+            Some(Head::Float(x)) => x == 0.0 || x.is_nan(),
             Some(Head::Str { start, end }) => start == end,
             _ => false,
         }

@@ -121,7 +121,10 @@ impl ServerConfig {
         tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
             .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_frame_size))
+            // tungstenite checks the frame limit at the header but the message limit
+            // only once the frame is in: a frame over the message limit is refused
+            // before it is buffered.
+            .max_frame_size(Some(self.max_frame_size.min(self.max_message_size)))
     }
 }
 

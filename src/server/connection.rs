@@ -20,7 +20,7 @@ use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
 use super::Server;
-use super::admission::Counters;
+use super::admission::{Counters, Slot};
 use super::calls::{self, Session};
 use super::config::{ConnectionInfo, DisconnectInfo, query_param};
 use super::dispatcher::Command;
@@ -72,6 +72,9 @@ pub(crate) struct Conn {
     dropped_for: Mutex<Option<(u16, String)>>,
     /// The token of the parked session this connection resumes.
     pub resumes: Option<String>,
+    /// Its place among the open connections: given back when the connection ends,
+    /// not when the thread that accepted it does (a slow handler hands reading over).
+    slot: Mutex<Option<Slot>>,
     /// The codec events are sent in: 0 until settled (JSON meanwhile), then
     /// `Codec::index() + 1`. Declared at the handshake or taken from the first frame.
     codec: AtomicU8,
@@ -96,6 +99,7 @@ impl Conn {
             in_flight: AtomicUsize::new(0),
             dropped_for: Mutex::new(None),
             resumes: None,
+            slot: Mutex::new(None),
             codec: AtomicU8::new(codec.map_or(0, |c| c.index() as u8 + 1)),
         }
     }
@@ -255,7 +259,7 @@ impl Conn {
 }
 
 /// Serve one accepted TCP connection on the calling thread until it ends.
-pub(crate) fn serve(server: Server, stream: TcpStream) {
+pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     let key = server.next_key();
     if !server.handshake_started(key, &stream) {
         return;
@@ -265,6 +269,7 @@ pub(crate) fn serve(server: Server, stream: TcpStream) {
     let Some((conn, reader, info)) = opened else {
         return;
     };
+    *lock(&conn.slot) = Some(slot);
     if !server.register_connection(conn.clone()) {
         let _ = conn.sink.close(1001, "server shutting down");
         conn.sink.shutdown();
@@ -296,13 +301,16 @@ fn open(
     let mut info = None;
     let mut declared = None;
     let mut session = None;
+    // A Cell: the failed handshake still holds the callback that set it.
+    let refused = std::cell::Cell::new(false);
     // tungstenite's callback type fixes the (large) error response type.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| {
         let mut found = request_info(request, peer_addr);
-        let refused = server.config().refuse_unknown_namespaces
+        let refused_namespace = server.config().refuse_unknown_namespaces
             && (server.registry().namespace(&found.namespace)).is_none_or(|t| t.is_empty());
-        if refused {
+        if refused_namespace {
+            refused.set(true);
             return Err(http_error(404, "no such namespace"));
         }
         if let Some(allowed) = &server.config().allowed_origins
@@ -310,6 +318,7 @@ fn open(
             && !allowed.iter().any(|a| a == origin)
         {
             Counters::count(&server.counters().refused_origin);
+            refused.set(true);
             log::warn!("refused a connection from origin {origin}");
             return Err(http_error(403, "origin not allowed"));
         }
@@ -328,7 +337,9 @@ fn open(
     let mut reader = match handshake {
         Ok(reader) => reader,
         Err(e) => {
-            Counters::count(&server.counters().handshakes_failed);
+            if !refused.get() {
+                Counters::count(&server.counters().handshakes_failed);
+            }
             let e = Error::Protocol(format!("handshake with {peer_addr:?} failed: {e}"));
             log::debug!("{e}");
             server.hooks().error(&e);
@@ -492,6 +503,12 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
                 }
                 continue;
             }
+            Err(e) if conn.sink.is_stalled() => {
+                log::debug!("client {} stopped reading", conn.session.socket_id);
+                Counters::count(&server.counters().peers_timed_out);
+                conn.drop_connection(1006, "peer timed out");
+                break e;
+            }
             Err(e) => break e,
         };
         let (payload, binary): (&[u8], bool) = match &message {
@@ -599,6 +616,7 @@ fn finish(
         code,
         reason,
     });
+    lock(&conn.slot).take();
 }
 
 #[cfg(test)]

@@ -327,8 +327,7 @@ impl Server {
         };
         let server = self.clone();
         let spawned = self.spawn("wsrpc-conn", config.stack_size, move || {
-            let _slot = slot;
-            connection::serve(server, stream)
+            connection::serve(server, stream, slot)
         });
         if let Err(e) = spawned {
             self.report(Error::Io(e));
