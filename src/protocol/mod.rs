@@ -147,6 +147,7 @@ pub(crate) fn invalid_request(id: Option<Id>, data: Option<&str>) -> Reply {
 
 /// The refusal of a batch larger than `max`.
 pub(crate) fn batch_too_large(max: usize) -> Reply {
+    log::warn!("refused a batch of more than max_batch_size ({max}) requests");
     invalid_request(
         None,
         Some(&format!("Batch too large: at most {max} requests")),

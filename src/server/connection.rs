@@ -68,6 +68,8 @@ pub(crate) struct Conn {
     seen_epoch: AtomicU64,
     /// Handlers running for this connection now.
     in_flight: AtomicUsize,
+    /// Whether the last scan found `max_calls_in_flight` reached (logged once).
+    at_call_limit: AtomicBool,
     /// Why the server dropped the connection, if it did.
     dropped_for: Mutex<Option<(u16, String)>>,
     /// The token of the parked session this connection resumes.
@@ -97,6 +99,7 @@ impl Conn {
             park_epoch: AtomicU64::new(0),
             seen_epoch: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            at_call_limit: AtomicBool::new(false),
             dropped_for: Mutex::new(None),
             resumes: None,
             slot: Mutex::new(None),
@@ -214,8 +217,15 @@ impl Conn {
     /// until the new thread has the reader, so a failed spawn puts it back.
     pub(crate) fn hand_off(self: &Arc<Self>, server: &Server) {
         if self.in_flight.load(Ordering::SeqCst) >= server.config().max_calls_in_flight {
+            if !self.at_call_limit.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "client {} has max_calls_in_flight handlers running; its next requests wait",
+                    self.session.socket_id
+                );
+            }
             return;
         }
+        self.at_call_limit.store(false, Ordering::Relaxed);
         let Ok(mut slot) = self.reader_slot.try_lock() else {
             return;
         };
