@@ -3,99 +3,22 @@
 //
 //   cargo build --example interop_server && (cd interop && node --test)
 //
-// The server binary is $WSRPC_INTEROP_SERVER, or ../target/debug/examples/interop_server
-// relative to this directory. Every wait has a deadline, so a hang fails the test.
+// The fixture server and the deadlines come from ./harness.mjs.
 
-import { after, afterEach, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import path from "node:path";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
+import { DEADLINE_MS, fixtureServer, rejection, within } from "./harness.mjs";
 import { Client } from "rpc-websockets";
 import WebSocket from "ws";
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const SERVER_BIN = path.resolve(
-  process.env.WSRPC_INTEROP_SERVER ??
-    path.join(HERE, "../target/debug/examples/interop_server"),
-);
-/** How long any single wait may take before the test fails. */
-const DEADLINE_MS = 5000;
-
-/** `promise`, or a rejection naming `what` once `ms` pass. */
-function within(promise, what, ms = DEADLINE_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)),
-      ms,
-    );
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** The value `promise` rejects with; fails if it resolves. */
-async function rejection(promise) {
-  let result;
-  try {
-    result = await promise;
-  } catch (error) {
-    return error;
-  }
-  assert.fail(`expected an error, got the result ${JSON.stringify(result)}`);
-}
-
-let server; // the child process
-let port;
-let clients = []; // Clients and raw sockets opened by the current test
-
-before(async () => {
-  if (!existsSync(SERVER_BIN)) {
-    throw new Error(
-      `no server binary at ${SERVER_BIN}: run \`cargo build --example interop_server\` ` +
-        "or set WSRPC_INTEROP_SERVER",
-    );
-  }
-  server = spawn(SERVER_BIN, ["--port", "0"], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const lines = createInterface({ input: server.stdout });
-  const first = await within(
-    new Promise((resolve, reject) => {
-      lines.once("line", resolve);
-      server.once("error", reject);
-      server.once("exit", (code, signal) =>
-        reject(new Error(`the server exited (${code ?? signal}) before listening`)),
-      );
-    }),
-    "the server's first stdout line",
-  );
-  const match = /^listening on 127\.0\.0\.1:(\d+)$/.exec(first);
-  assert.ok(match, `unexpected first line from the server: ${JSON.stringify(first)}`);
-  port = Number(match[1]);
-  assert.ok(port > 0, "the server reported port 0");
-});
-
-afterEach(() => {
-  for (const c of clients) c.close();
-  clients = [];
-});
-
-after(async () => {
-  if (!server || server.exitCode !== null || server.signalCode !== null) return;
-  const exited = new Promise((resolve) => server.once("exit", resolve));
-  server.kill("SIGKILL");
-  await within(exited, "the server to exit");
-});
+const server = fixtureServer();
 
 /** A connected rpc-websockets Client on `pathAndQuery` (no reconnecting). */
 async function connect(pathAndQuery = "/") {
-  const client = new Client(`ws://127.0.0.1:${port}${pathAndQuery}`, {
+  const client = new Client(server.url(pathAndQuery), {
     reconnect: false,
   });
-  clients.push(client);
+  server.track(client);
   await within(
     new Promise((resolve, reject) => {
       client.once("open", resolve);
@@ -121,9 +44,9 @@ function nextEvent(client, event) {
 /** A raw `ws` socket that queues what it receives. */
 class Raw {
   static async open(pathAndQuery = "/") {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}${pathAndQuery}`);
+    const ws = new WebSocket(server.url(pathAndQuery));
     const raw = new Raw(ws);
-    clients.push(raw);
+    server.track(raw);
     await within(
       new Promise((resolve, reject) => {
         ws.once("open", resolve);

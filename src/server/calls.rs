@@ -99,8 +99,8 @@ fn handle_call(
     call: Call<'_>,
 ) -> Option<Reply> {
     let outcome = match call.method.as_ref() {
-        "rpc.on" => subscribe(server, session, table, call.params, codec),
-        "rpc.off" => unsubscribe(server, session, table, call.params, codec),
+        "rpc.on" => change_subscriptions(server, session, table, call.params, codec, true),
+        "rpc.off" => change_subscriptions(server, session, table, call.params, codec, false),
         "rpc.login" => login(server, session, table, call.params, codec),
         "__listMethods" => encode(codec, &table.method_names()),
         name => run_method(server, session, table, name, call.params, codec),
@@ -147,67 +147,49 @@ fn event_names(params: Params<'_>) -> Result<Vec<String>, Failure> {
     params.parse::<Vec<String>>().map_err(Failure::Refused)
 }
 
-fn subscribe(
+/// `rpc.on` (`subscribe`) or `rpc.off`: a verdict per event name, and the dispatcher
+/// told of what changed.
+fn change_subscriptions(
     server: &Server,
     session: &Session,
     table: &NamespaceTable,
     params: Params<'_>,
     codec: Codec,
+    subscribe: bool,
 ) -> Result<Encoded, Failure> {
     let names = event_names(params)?;
     let mut state = lock(&session.state);
     // All or nothing: a forbidden event refuses the whole request.
-    if !state.logged_in && names.iter().any(|n| table.event(n) == Some(true)) {
+    if subscribe && !state.logged_in && names.iter().any(|n| table.event(n) == Some(true)) {
         return Err(refused(codes::EVENT_FORBIDDEN));
     }
     let mut results = Map::new();
-    let mut added = Vec::new();
+    let mut changed = Vec::new();
     for name in names {
         let verdict = if table.event(&name).is_none() {
             "provided event invalid"
-        } else if state.subscriptions.contains(&name) {
+        } else if subscribe && !state.subscriptions.insert(name.clone()) {
             "socket has already been subscribed to event"
-        } else {
-            state.subscriptions.insert(name.clone());
-            added.push(name.clone());
-            "ok"
-        };
-        results.insert(name, Value::from(verdict));
-    }
-    if !added.is_empty() {
-        let key = session.key;
-        server.dispatch(Command::Subscribe { key, events: added });
-    }
-    encode(codec, &results)
-}
-
-fn unsubscribe(
-    server: &Server,
-    session: &Session,
-    table: &NamespaceTable,
-    params: Params<'_>,
-    codec: Codec,
-) -> Result<Encoded, Failure> {
-    let names = event_names(params)?;
-    let mut state = lock(&session.state);
-    let mut results = Map::new();
-    let mut removed = Vec::new();
-    for name in names {
-        let verdict = if table.event(&name).is_none() {
-            "provided event invalid"
-        } else if state.subscriptions.remove(&name) {
-            removed.push(name.clone());
-            "ok"
-        } else {
+        } else if !subscribe && !state.subscriptions.remove(&name) {
             "not subscribed"
+        } else {
+            changed.push(name.clone());
+            "ok"
         };
         results.insert(name, Value::from(verdict));
     }
-    if !removed.is_empty() {
+    if !changed.is_empty() {
         let key = session.key;
-        server.dispatch(Command::Unsubscribe {
-            key,
-            events: removed,
+        server.dispatch(if subscribe {
+            Command::Subscribe {
+                key,
+                events: changed,
+            }
+        } else {
+            Command::Unsubscribe {
+                key,
+                events: changed,
+            }
         });
     }
     encode(codec, &results)

@@ -1,0 +1,103 @@
+// What the interop test files share: deadlines, and the wsrpc fixture server
+// (examples/interop_server.rs) started before a file's tests and killed after them.
+//
+// The server binary is $WSRPC_INTEROP_SERVER, or ../target/debug/examples/interop_server
+// relative to this directory. Every wait has a deadline, so a hang fails the test.
+
+import { after, afterEach, before } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const SERVER_BIN = path.resolve(
+  process.env.WSRPC_INTEROP_SERVER ??
+    path.join(HERE, "../target/debug/examples/interop_server"),
+);
+
+/** How long any single wait may take before the test fails. */
+export const DEADLINE_MS = 5000;
+
+/** `promise`, or a rejection naming `what` once `ms` pass. */
+export function within(promise, what, ms = DEADLINE_MS) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)),
+      ms,
+    );
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The value `promise` rejects with; fails if it resolves. */
+export async function rejection(promise) {
+  let result;
+  try {
+    result = await promise;
+  } catch (error) {
+    return error;
+  }
+  assert.fail(`expected an error, got the result ${JSON.stringify(result)}`);
+}
+
+/**
+ * Run the fixture server for the calling test file. Returns `{ url(pathAndQuery),
+ * track(client) }`: `url` is valid once the file's tests run, and tracked clients and
+ * sockets are closed after each test.
+ */
+export function fixtureServer() {
+  let server; // the child process
+  let port;
+  let clients = [];
+
+  before(async () => {
+    if (!existsSync(SERVER_BIN)) {
+      throw new Error(
+        `no server binary at ${SERVER_BIN}: run \`cargo build --example interop_server\` ` +
+          "or set WSRPC_INTEROP_SERVER",
+      );
+    }
+    server = spawn(SERVER_BIN, ["--port", "0"], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const lines = createInterface({ input: server.stdout });
+    const first = await within(
+      new Promise((resolve, reject) => {
+        lines.once("line", resolve);
+        server.once("error", reject);
+        server.once("exit", (code, signal) =>
+          reject(new Error(`the server exited (${code ?? signal}) before listening`)),
+        );
+      }),
+      "the server's first stdout line",
+    );
+    const match = /^listening on 127\.0\.0\.1:(\d+)$/.exec(first);
+    assert.ok(match, `unexpected first line from the server: ${JSON.stringify(first)}`);
+    port = Number(match[1]);
+    assert.ok(port > 0, "the server reported port 0");
+  });
+
+  afterEach(() => {
+    for (const c of clients) c.close();
+    clients = [];
+  });
+
+  after(async () => {
+    if (!server || server.exitCode !== null || server.signalCode !== null) return;
+    const exited = new Promise((resolve) => server.once("exit", resolve));
+    server.kill("SIGKILL");
+    await within(exited, "the server to exit");
+  });
+
+  return {
+    url: (pathAndQuery = "/") => `ws://127.0.0.1:${port}${pathAndQuery}`,
+    track: (client) => {
+      clients.push(client);
+      return client;
+    },
+  };
+}
