@@ -1,6 +1,6 @@
-//! One client connection: the handshake, the thread that reads and answers requests,
-//! and a writer thread, started only while events are queued, for what the server
-//! pushes.
+//! One client connection after its handshake (`handshake.rs`): the thread that reads
+//! and answers requests, and a writer thread, started only while events are queued,
+//! for what the server pushes.
 //!
 //! Calls are answered on the reading thread itself (no hand-off on the hot path). While
 //! a handler runs, the reader is parked in `reader_slot`; if the handler is still
@@ -8,30 +8,27 @@
 //! thread so the connection's later requests are not held up. The old thread sends its
 //! reply and ends.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
 use super::Server;
 use super::admission::{Counters, Slot};
 use super::calls::{self, Session};
-use super::config::{ConnectionInfo, DisconnectInfo, query_param};
+use super::config::DisconnectInfo;
 use super::dispatcher::Command;
+use super::handshake;
 use super::registry::View;
-use super::resume::{Claimed, RESUME_HEADER, RESUMED_HEADER, SESSION_HEADER, new_token};
 use crate::error::Error;
 use crate::lock;
 use crate::protocol::Codec;
 use crate::transport::{ConnStream, Idle, Sink, close_info, is_timeout, message};
 
-type Reader = WebSocket<ConnStream>;
+pub(super) type Reader = WebSocket<ConnStream>;
 
 /// How long a writer thread waits for more frames before it ends.
 const WRITER_IDLE: Duration = Duration::from_secs(5);
@@ -83,7 +80,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(session: Session, sink: Arc<Sink>, queue: usize, codec: Option<Codec>) -> Self {
+    pub(super) fn new(
+        session: Session,
+        sink: Arc<Sink>,
+        queue: usize,
+        codec: Option<Codec>,
+    ) -> Self {
         let (outbox, inbox) = crossbeam_channel::unbounded();
         Conn {
             session,
@@ -274,7 +276,7 @@ pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     if !server.handshake_started(key, &stream) {
         return;
     }
-    let opened = open(&server, key, stream);
+    let opened = handshake::open(&server, key, stream);
     server.handshake_ended(key);
     let Some((conn, reader, info)) = opened else {
         return;
@@ -288,212 +290,6 @@ pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     log::debug!("client {} connected to {}", info.socket_id, info.namespace);
     server.hooks().connection(&info);
     read_loop(server, conn, reader);
-}
-
-/// The WebSocket handshake, within `handshake_timeout`.
-fn open(
-    server: &Server,
-    key: u64,
-    stream: TcpStream,
-) -> Option<(Arc<Conn>, Reader, ConnectionInfo)> {
-    let peer_addr = stream.peer_addr().ok();
-    let config = server.config().clone();
-    let _ = stream.set_nodelay(true);
-    let deadline = Instant::now() + config.handshake_timeout;
-    let socket = match server.socket(stream) {
-        Ok(socket) => socket,
-        Err(e) => {
-            log::warn!("{e}");
-            return None;
-        }
-    };
-    let sink = Arc::new(Sink::new(socket, Role::Server, config.websocket()));
-    let mut info = None;
-    let mut declared = None;
-    let mut session = None;
-    // A Cell: the failed handshake still holds the callback that set it.
-    let refused = std::cell::Cell::new(false);
-    // tungstenite's callback type fixes the (large) error response type.
-    #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, mut response: Response| {
-        let mut found = request_info(request, peer_addr);
-        let refused_namespace = server.config().refuse_unknown_namespaces
-            && (server.registry().namespace(&found.namespace)).is_none_or(|t| t.is_empty());
-        if refused_namespace {
-            refused.set(true);
-            return Err(http_error(404, "no such namespace"));
-        }
-        if let Some(allowed) = &server.config().allowed_origins
-            && let Some(origin) = found.header("origin")
-            && !allowed.iter().any(|a| a == origin)
-        {
-            Counters::count(&server.counters().refused_origin);
-            refused.set(true);
-            log::warn!("refused a connection from origin {origin}");
-            return Err(http_error(403, "origin not allowed"));
-        }
-        declared = declared_codec(request, &found, &mut response);
-        if server.config().session_ttl.is_some() {
-            session = Some(open_session(server, request, &mut found, &mut response));
-        }
-        info = Some(found);
-        Ok(response)
-    };
-    let handshake = tungstenite::accept_hdr_with_config(
-        ConnStream::handshaking(sink.clone(), deadline),
-        callback,
-        Some(config.websocket()),
-    );
-    let mut reader = match handshake {
-        Ok(reader) => reader,
-        Err(e) => {
-            if !refused.get() {
-                Counters::count(&server.counters().handshakes_failed);
-            }
-            let e = Error::Protocol(format!("handshake with {peer_addr:?} failed: {e}"));
-            log::debug!("{e}");
-            server.hooks().error(&e);
-            if let Some((token, Some(_))) = session {
-                server.dispatch(Command::Unclaim(token));
-            }
-            return None;
-        }
-    };
-    let info = info?;
-    if reader.get_mut().opened(&config.heartbeat()).is_err() {
-        if let Some((token, Some(_))) = session {
-            server.dispatch(Command::Unclaim(token));
-        }
-        return None;
-    }
-    let mut state = Session::new(key, info.socket_id.clone(), info.namespace.clone());
-    let mut resumes = None;
-    if let Some((token, claimed)) = session {
-        if let Some(claimed) = claimed {
-            state.restore(claimed.logged_in, &claimed.subscriptions);
-            resumes = Some(token.clone());
-        }
-        state.token = Some(token);
-    }
-    let mut conn = Conn::new(state, sink, config.outgoing_queue, declared);
-    conn.resumes = resumes;
-    Some((Arc::new(conn), reader, info))
-}
-
-/// The session of a new connection: the one its token resumes (its socket id then
-/// replaces the one asked for), or a new one. The response names its token.
-fn open_session(
-    server: &Server,
-    request: &Request,
-    info: &mut ConnectionInfo,
-    response: &mut Response,
-) -> (String, Option<Claimed>) {
-    let offered = request
-        .headers()
-        .get(RESUME_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| info.query_param("resume"));
-    let claimed = offered
-        .as_deref()
-        .and_then(|token| server.claim_session(token, &info.namespace));
-    let token = match (&claimed, offered) {
-        (Some(_), Some(token)) => token,
-        _ => new_token(),
-    };
-    if let Ok(value) = token.parse() {
-        response.headers_mut().insert(SESSION_HEADER, value);
-    }
-    if let Some(claimed) = &claimed {
-        response.headers_mut().insert(
-            RESUMED_HEADER,
-            tungstenite::http::HeaderValue::from_static("1"),
-        );
-        info.socket_id = claimed.socket_id.clone();
-    }
-    (token, claimed)
-}
-
-/// An HTTP error answer to a handshake.
-fn http_error(status: u16, body: &str) -> ErrorResponse {
-    let mut error = ErrorResponse::new(Some(body.to_owned()));
-    if let Ok(status) = tungstenite::http::StatusCode::from_u16(status) {
-        *error.status_mut() = status;
-    }
-    error
-}
-
-fn request_info(request: &Request, peer_addr: Option<std::net::SocketAddr>) -> ConnectionInfo {
-    let uri = request.uri();
-    let namespace = match uri.path() {
-        "" => "/".to_owned(),
-        path => path.to_owned(),
-    };
-    let query = uri.query().unwrap_or("").to_owned();
-    let socket_id = query_param(&query, "socket_id")
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(new_socket_id);
-    let headers = request
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    ConnectionInfo {
-        socket_id,
-        namespace,
-        query,
-        headers,
-        peer_addr,
-    }
-}
-
-/// The codec a client declared: a subprotocol it offers (`msgpack` or `json`, which the
-/// response then names) or `?encoding=msgpack|json`.
-fn declared_codec(
-    request: &Request,
-    info: &ConnectionInfo,
-    response: &mut Response,
-) -> Option<Codec> {
-    use tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
-    let offered = request
-        .headers()
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|name| Codec::named(name).map(|codec| (name.trim().to_owned(), codec)));
-    if let Some((name, codec)) = offered {
-        if let Ok(value) = name.parse() {
-            response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
-        }
-        return Some(codec);
-    }
-    info.query_param("encoding")
-        .as_deref()
-        .and_then(Codec::named)
-}
-
-/// A random id in the shape of a version 4 UUID, as rpc-websockets makes them.
-fn new_socket_id() -> String {
-    let random = || {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(0);
-        h.finish()
-    };
-    let (a, b) = (random(), random());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        ((b >> 48) & 0x3fff) | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
 }
 
 fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
@@ -627,18 +423,4 @@ fn finish(
         reason,
     });
     lock(&conn.slot).take();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_ids_look_like_uuids_and_differ() {
-        let a = new_socket_id();
-        let b = new_socket_id();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 36);
-        assert_eq!(a.as_bytes()[14], b'4');
-    }
 }

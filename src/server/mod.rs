@@ -15,6 +15,7 @@ mod connection;
 mod dispatcher;
 #[cfg(fuzzing)]
 pub(crate) mod fuzz;
+mod handshake;
 mod namespace;
 mod registry;
 mod resume;
