@@ -109,7 +109,12 @@ fn decode_item(raw: &RawValue) -> Item<'_> {
 
 impl<'a> Member<'a> for &'a RawValue {
     fn id(self) -> Option<Id> {
-        serde_json::from_str(self.get()).ok()
+        // Read off the raw text: serde's untagged-enum path buffers every id first.
+        match self.get().as_bytes().first()? {
+            b'"' => self.string().map(|s| Id::Str(s.into_owned())),
+            b'-' | b'0'..=b'9' => serde_json::from_str(self.get()).ok().map(Id::Number),
+            _ => None,
+        }
     }
 
     fn string(self) -> Option<Cow<'a, str>> {
