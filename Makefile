@@ -34,8 +34,13 @@ interop: interop-deps
 	cd interop && WSRPC_INTEROP_SERVER=../target/debug/examples/interop_server $(NODE) --test
 	$(CARGO) test --all-features --test interop_js_server -- --include-ignored
 
+# Sequential calls, 32 in flight per connection, and 1,000 idle connections, against
+# the peers in the same run (see examples/load.rs).
 bench: interop-deps
-	$(CARGO) run --release --example load -- --compare
+	$(CARGO) build --release --example load --example interop_server
+	./target/release/examples/load --compare
+	./target/release/examples/load --compare -k 32
+	./target/release/examples/load --compare --idle 1000
 
 # Each fuzz target for FUZZ_SECONDS (cargo install cargo-fuzz first). RUSTC_BOOTSTRAP
 # lets cargo fuzz use its nightly flags on the stable toolchain; no sanitizer runtime

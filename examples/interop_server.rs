@@ -31,7 +31,15 @@ fn main() {
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    let server = match wsrpc::Server::bind(("127.0.0.1", port)) {
+    // A loopback fixture for tests and benchmarks (10,000 idle connections from one
+    // address): the connection limits are raised well past what they open.
+    let mut config = wsrpc::ServerConfig::default();
+    config.max_connections = 100_000;
+    config.max_connections_per_ip = 100_000;
+    let server = match wsrpc::Server::builder()
+        .config(config)
+        .bind(("127.0.0.1", port))
+    {
         Ok(server) => server,
         Err(e) => {
             eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
