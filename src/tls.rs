@@ -9,12 +9,14 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 use crate::error::Error;
 use crate::lock;
+use crate::transport::arm_deadline;
 
 /// TLS over one TCP connection.
 pub(crate) struct TlsSocket {
@@ -58,7 +60,9 @@ impl TlsSocket {
         Ok(())
     }
 
-    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Read plaintext; with a `deadline` (the handshake's), every socket read is held
+    /// to it, so a peer sending a record a byte at a time cannot stretch it.
+    pub(crate) fn read(&self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
         loop {
             {
                 let mut tls = lock(&self.tls);
@@ -72,6 +76,7 @@ impl TlsSocket {
             // No plaintext: wait for the network without holding the lock. The read
             // timeout (handshake deadline, heartbeat tick) surfaces here as usual.
             let mut raw = [0u8; 4096];
+            arm_deadline(&self.tcp, deadline)?;
             let n = (&self.tcp).read(&mut raw)?;
             let mut tls = lock(&self.tls);
             let mut rest = &raw[..n];

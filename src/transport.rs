@@ -49,13 +49,43 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// Read, failing with `TimedOut` once `deadline` (if any) has passed, however the
+    /// peer spaces out its bytes: TLS may need many socket reads for one read here.
+    pub(crate) fn read_before(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        match self {
+            Socket::Plain(tcp) => {
+                arm_deadline(tcp, deadline)?;
+                (&*tcp).read(buf)
+            }
+            #[cfg(feature = "tls")]
+            Socket::Tls(tls) => tls.read(buf, deadline),
+        }
+    }
+}
+
+/// Set the read timeout to what is left before `deadline`; `TimedOut` if nothing is.
+pub(crate) fn arm_deadline(tcp: &TcpStream, deadline: Option<Instant>) -> io::Result<()> {
+    let Some(deadline) = deadline else {
+        return Ok(());
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "handshake timed out",
+        ));
+    }
+    tcp.set_read_timeout(Some(left))
+}
+
 impl Read for &Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Socket::Plain(tcp) => (&*tcp).read(buf),
-            #[cfg(feature = "tls")]
-            Socket::Tls(tls) => tls.read(buf),
-        }
+        self.read_before(buf, None)
     }
 }
 
@@ -323,17 +353,7 @@ impl ConnStream {
 
 impl Read for ConnStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(deadline) = self.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "handshake timed out",
-                ));
-            }
-            self.sink.stream.set_read_timeout(Some(left))?;
-        }
-        let n = (&self.sink.stream).read(buf)?;
+        let n = self.sink.stream.read_before(buf, self.deadline)?;
         if n > 0 {
             self.heard = Instant::now();
         }

@@ -42,10 +42,21 @@ impl ReconnectPolicy {
             return None;
         }
         let max = self.max_delay.as_secs_f64();
-        let base = self.initial_delay.as_secs_f64() * self.growth.max(1.0).powi(retry as i32 - 1);
-        let spread = self.jitter.clamp(0.0, 1.0) * (2.0 * random - 1.0);
+        // NaN settings count as none; any result outside Duration's range is the cap.
+        let growth = if self.growth.is_nan() {
+            1.0
+        } else {
+            self.growth.max(1.0)
+        };
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        let base = self.initial_delay.as_secs_f64() * growth.powi(retry as i32 - 1);
+        let spread = jitter * (2.0 * random - 1.0);
         let secs = (base.min(max) * (1.0 + spread)).clamp(0.0, max);
-        Some(Duration::from_secs_f64(secs))
+        Some(Duration::try_from_secs_f64(secs).unwrap_or(self.max_delay))
     }
 }
 
@@ -118,6 +129,23 @@ mod tests {
             ..policy()
         };
         assert_eq!(none.delay(2, 0.0), none.delay(2, 0.99));
+    }
+
+    #[test]
+    fn odd_settings_give_a_delay_not_a_panic() {
+        let odd = ReconnectPolicy {
+            max_delay: Duration::MAX,
+            jitter: f64::NAN,
+            growth: f64::NAN,
+            ..policy()
+        };
+        assert_eq!(odd.delay(3, 0.5), Some(Duration::from_secs(1)));
+        let huge = ReconnectPolicy {
+            max_delay: Duration::MAX,
+            growth: 1e300,
+            ..policy()
+        };
+        assert_eq!(huge.delay(4, 0.5), Some(Duration::MAX));
     }
 
     #[test]

@@ -43,11 +43,11 @@ impl Admission {
         if *total >= max_total {
             return Err(Refusal::Full);
         }
-        let from_ip = per_ip.entry(ip).or_insert(0);
-        if *from_ip >= max_per_ip {
+        // Look before inserting: a refused address must leave no entry behind.
+        if per_ip.get(&ip).copied().unwrap_or(0) >= max_per_ip {
             return Err(Refusal::TooManyFromAddress);
         }
-        *from_ip += 1;
+        *per_ip.entry(ip).or_insert(0) += 1;
         *total += 1;
         Ok(Slot {
             admission: self.clone(),
@@ -172,5 +172,14 @@ mod tests {
         drop(first);
         assert_eq!(admission.open_connections(), 2);
         assert!(admission.admit(a, 3, 2).is_ok());
+        let c: IpAddr = [10, 0, 0, 3].into();
+        assert_eq!(
+            admission.admit(c, 10, 0).err(),
+            Some(Refusal::TooManyFromAddress)
+        );
+        assert!(
+            !lock(&admission.open).1.contains_key(&c),
+            "a refused address left an entry"
+        );
     }
 }

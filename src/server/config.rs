@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// Events kept for one disconnected session; a session that misses more cannot be
     /// resumed and is dropped. Default 1024.
     pub session_buffer: usize,
+    /// Disconnected sessions kept at once; past it the oldest is given up, so clients
+    /// that vanish in numbers cannot make the server hold ever more. Default 1,000.
+    pub max_parked_sessions: usize,
     /// Connections open at once; more are refused at once with HTTP 503, before any
     /// thread is started for them. Default 10,000.
     pub max_connections: usize,
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             peer_timeout: Some(Duration::from_secs(40)),
             session_ttl: None,
             session_buffer: 1024,
+            max_parked_sessions: 1_000,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             max_batch_size: 1_000,

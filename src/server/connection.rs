@@ -10,8 +10,8 @@
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use tungstenite::{Message, WebSocket};
@@ -34,6 +34,8 @@ pub(super) type Reader = WebSocket<ConnStream>;
 const WRITER_IDLE: Duration = Duration::from_secs(5);
 /// Writer threads only encode frame headers and write.
 const WRITER_STACK: usize = 64 << 10;
+/// How long an ended connection waits for its writer thread to stop.
+const WRITER_STOP: Duration = Duration::from_secs(1);
 
 /// Something to write to a client from outside its reading thread.
 pub(crate) enum Outgoing {
@@ -69,6 +71,10 @@ pub(crate) struct Conn {
     at_call_limit: AtomicBool,
     /// Why the server dropped the connection, if it did.
     dropped_for: Mutex<Option<(u16, String)>>,
+    /// A frame the writer took but could not send (the connection had ended).
+    unsent: Mutex<Option<Message>>,
+    /// Signalled when a writer thread ends.
+    writer_gone: (Mutex<()>, Condvar),
     /// The token of the parked session this connection resumes.
     pub resumes: Option<String>,
     /// Its place among the open connections: given back when the connection ends,
@@ -103,6 +109,8 @@ impl Conn {
             in_flight: AtomicUsize::new(0),
             at_call_limit: AtomicBool::new(false),
             dropped_for: Mutex::new(None),
+            unsent: Mutex::new(None),
+            writer_gone: (Mutex::new(()), Condvar::new()),
             resumes: None,
             slot: Mutex::new(None),
             codec: AtomicU8::new(codec.map_or(0, |c| c.index() as u8 + 1)),
@@ -111,7 +119,7 @@ impl Conn {
 
     /// The frames queued for this (ended) connection that its writer did not take.
     pub(crate) fn take_unsent(&self) -> Vec<Message> {
-        let mut unsent = Vec::new();
+        let mut unsent: Vec<Message> = lock(&self.unsent).take().into_iter().collect();
         while let Ok(item) = self.inbox.try_recv() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             if let Outgoing::Frame(message) = item {
@@ -142,14 +150,17 @@ impl Conn {
 
     /// Queue a frame for the writer thread; `false` when the queue is full.
     pub(crate) fn push(self: &Arc<Self>, server: &Server, item: Outgoing) -> bool {
-        if self.finished.load(Ordering::SeqCst) {
-            return true;
-        }
+        let finished = self.finished.load(Ordering::SeqCst);
         if self.queued.fetch_add(1, Ordering::SeqCst) >= self.capacity {
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            return false;
+            // An ended connection is not a slow client; its session keeps what fit.
+            return finished;
         }
         let _ = self.outbox.send(item);
+        if finished {
+            // Kept for the session, if it is parked (`take_unsent`).
+            return true;
+        }
         if !self.writer_running.swap(true, Ordering::SeqCst) {
             let conn = self.clone();
             if let Err(e) = server.spawn("wsrpc-writer", WRITER_STACK, move || conn.write_loop()) {
@@ -162,6 +173,19 @@ impl Conn {
     }
 
     fn write_loop(&self) {
+        let still_ours = self.write_frames();
+        // Say it ended: `finish` waits for this before the dispatcher takes what is
+        // left in the queue. The flag is cleared only if no newer writer owns it.
+        let _guard = lock(&self.writer_gone.0);
+        if still_ours {
+            self.writer_running.store(false, Ordering::SeqCst);
+        }
+        self.writer_gone.1.notify_all();
+    }
+
+    /// Write queued frames until stopped or idle; whether `writer_running` is still
+    /// this writer's to clear.
+    fn write_frames(&self) -> bool {
         loop {
             let next = self.inbox.recv_timeout(WRITER_IDLE);
             if next.is_ok() {
@@ -169,23 +193,30 @@ impl Conn {
             }
             match next {
                 Ok(Outgoing::Frame(message)) => {
-                    let _ = self.sink.send(message);
+                    // A frame that cannot go out is handed back for a parked session.
+                    if self.finished.load(Ordering::SeqCst)
+                        || self.sink.send(message.clone()).is_err()
+                    {
+                        *lock(&self.unsent) = Some(message);
+                        return true;
+                    }
                 }
                 Ok(Outgoing::Close(code, reason)) => {
                     let _ = self.sink.close(code, &reason);
                 }
-                Ok(Outgoing::Stop) => return,
+                Ok(Outgoing::Stop) => return true,
                 Err(_) => {
                     // Idle: end, unless a frame slipped in after the timeout (then
                     // whoever sets the flag first writes it).
                     self.writer_running.store(false, Ordering::SeqCst);
                     if self.inbox.is_empty() || self.writer_running.swap(true, Ordering::SeqCst) {
-                        return;
+                        // Released (or already taken by a newer writer).
+                        return false;
                     }
                 }
             }
             if self.finished.load(Ordering::SeqCst) {
-                return;
+                return true;
             }
         }
     }
@@ -397,6 +428,23 @@ fn finish(
     conn.queued.fetch_add(1, Ordering::SeqCst);
     let _ = conn.outbox.send(Outgoing::Stop);
     conn.sink.shutdown();
+    // The writer fails fast on the shut socket; once it is gone, what it did not send
+    // is all in the queue (or handed back) for the dispatcher to park with the session.
+    let deadline = Instant::now() + WRITER_STOP;
+    let mut guard = lock(&conn.writer_gone.0);
+    while conn.writer_running.load(Ordering::SeqCst) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        guard = conn
+            .writer_gone
+            .1
+            .wait_timeout(guard, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    drop(guard);
     // A client that said goodbye, or that the server dropped for cause, does not
     // come back to its session; one that just vanished (or timed out) may.
     let dropped = lock(&conn.dropped_for).clone();

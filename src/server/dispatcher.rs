@@ -237,7 +237,13 @@ impl Dispatcher {
         let key = conn.session.key;
         let clients = self.namespaces.entry(ns).or_default();
         clients.clients.insert(key);
-        if let Some(session) = conn.resumes.as_deref().and_then(|t| self.parking.take(t)) {
+        let resumed = conn.resumes.as_deref().map(|t| self.parking.take(t));
+        if let Some(None) = resumed {
+            // Told at the handshake that it resumed, but the session overflowed (or
+            // went) since: end it, and the client starts afresh on its next connect.
+            conn.drop_connection(1011, "session could not be resumed");
+        }
+        if let Some(Some(session)) = resumed {
             // Its subscriptions carry over, and what it missed goes out first.
             for event in &session.subscriptions {
                 let subscribers = clients.subscribers.entry(event.clone()).or_default();
@@ -320,7 +326,8 @@ impl Dispatcher {
             conn.take_unsent(),
             ttl,
         );
-        self.parking.park(token.clone(), session);
+        let max = self.server.config().max_parked_sessions;
+        self.parking.park(token.clone(), session, max);
     }
 
     /// A handler that has been running since the last scan holds up its connection's

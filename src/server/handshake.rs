@@ -102,6 +102,8 @@ pub(super) fn open(
     let mut resumes = None;
     if let Some((token, claimed)) = session {
         if let Some(claimed) = claimed {
+            // Its missed events are in the session's codec; keep it unless declared.
+            declared = declared.or(Some(claimed.codec));
             state.restore(claimed.logged_in, &claimed.subscriptions);
             resumes = Some(token.clone());
         }

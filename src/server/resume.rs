@@ -35,6 +35,8 @@ pub(crate) struct Claimed {
     pub socket_id: String,
     pub logged_in: bool,
     pub subscriptions: Vec<String>,
+    /// The codec its missed events were encoded in.
+    pub codec: Codec,
 }
 
 /// A disconnected connection's session, as it is being kept.
@@ -49,6 +51,8 @@ pub(crate) struct Parked {
     expires: Instant,
     /// A connection is resuming it (between its handshake and its registration).
     claimed: bool,
+    /// It missed more than it may keep while claimed: it cannot be resumed.
+    overflowed: bool,
 }
 
 impl Parked {
@@ -70,6 +74,7 @@ impl Parked {
             missed: unsent,
             expires: Instant::now() + ttl,
             claimed: false,
+            overflowed: false,
         }
     }
 }
@@ -84,7 +89,23 @@ pub(crate) struct Parking {
 }
 
 impl Parking {
-    pub(crate) fn park(&mut self, token: String, session: Parked) {
+    /// Keep `session` under `token`; past `max` sessions the oldest unclaimed one goes,
+    /// so connections that vanish cannot make the dispatcher hold ever more.
+    pub(crate) fn park(&mut self, token: String, session: Parked, max: usize) {
+        while self.sessions.len() >= max {
+            let oldest = self.expiry.iter().position(|(at, t)| {
+                self.sessions
+                    .get(t)
+                    .is_some_and(|s| s.expires == *at && !s.claimed)
+            });
+            let Some((_, evicted)) = oldest.and_then(|i| self.expiry.remove(i)) else {
+                return;
+            };
+            if let Some(old) = self.sessions.remove(&evicted) {
+                log::warn!("too many parked sessions: {}'s is given up", old.socket_id);
+                self.forget_subscriptions(&evicted, &old);
+            }
+        }
         for event in &session.subscriptions {
             let key = (session.namespace.clone(), event.clone());
             self.by_event.entry(key).or_default().insert(token.clone());
@@ -105,6 +126,7 @@ impl Parking {
             socket_id: session.socket_id.clone(),
             logged_in: session.logged_in,
             subscriptions: session.subscriptions.clone(),
+            codec: session.codec,
         })
     }
 
@@ -122,11 +144,12 @@ impl Parking {
         }
     }
 
-    /// Hand a session over to the connection that resumed it.
+    /// Hand a session over to the connection that resumed it; `None` if it is gone
+    /// or overflowed while claimed.
     pub(crate) fn take(&mut self, token: &str) -> Option<Parked> {
         let session = self.sessions.remove(token)?;
         self.forget_subscriptions(token, &session);
-        Some(session)
+        (!session.overflowed).then_some(session)
     }
 
     fn forget_subscriptions(&mut self, token: &str, session: &Parked) {
@@ -160,8 +183,17 @@ impl Parking {
             let Some(session) = self.sessions.get_mut(token) else {
                 continue;
             };
+            if session.overflowed {
+                continue;
+            }
             if session.missed.len() >= limit {
-                overflowed.push(token.clone());
+                if session.claimed {
+                    // Its claimant was told it resumed: it must be refused when it
+                    // registers, not find its session gone.
+                    session.overflowed = true;
+                } else {
+                    overflowed.push(token.clone());
+                }
             } else if let Some(message) = frame(session.codec) {
                 session.missed.push(message);
             }
@@ -240,7 +272,7 @@ mod tests {
     #[test]
     fn a_parked_session_keeps_its_events_in_order_after_the_unsent_ones() {
         let mut p = Parking::default();
-        p.park("t".into(), parked(&["feed"], Duration::from_secs(60)));
+        p.park("t".into(), parked(&["feed"], Duration::from_secs(60)), 10);
         p.emit("/", "feed", 10, |_| text("1"));
         p.emit("/", "other", 10, |_| text("x"));
         p.emit("/chat", "feed", 10, |_| text("x"));
@@ -261,7 +293,7 @@ mod tests {
     #[test]
     fn claims_need_the_same_namespace_and_can_be_released() {
         let mut p = Parking::default();
-        p.park("t".into(), parked(&[], Duration::from_secs(60)));
+        p.park("t".into(), parked(&[], Duration::from_secs(60)), 10);
         assert!(p.claim("t", "/chat", Instant::now()).is_none());
         assert!(p.claim("nope", "/", Instant::now()).is_none());
         assert!(p.claim("t", "/", Instant::now()).is_some());
@@ -272,7 +304,7 @@ mod tests {
     #[test]
     fn a_session_that_misses_too_much_is_given_up() {
         let mut p = Parking::default();
-        p.park("t".into(), parked(&["feed"], Duration::from_secs(60)));
+        p.park("t".into(), parked(&["feed"], Duration::from_secs(60)), 10);
         p.emit("/", "feed", 2, |_| text("1"));
         assert_eq!(p.len(), 1);
         p.emit("/", "feed", 2, |_| text("2"));
@@ -283,12 +315,12 @@ mod tests {
     #[test]
     fn a_claimed_session_outlives_its_expiry_until_released() {
         let mut p = Parking::default();
-        p.park("t".into(), parked(&["feed"], Duration::from_millis(10)));
+        p.park("t".into(), parked(&["feed"], Duration::from_millis(10)), 10);
         assert!(p.claim("t", "/", Instant::now()).is_some());
         let at = p.next_expiry().unwrap();
         p.expire(at);
         assert!(p.take("t").is_some(), "the claimant lost its session");
-        p.park("u".into(), parked(&[], Duration::from_millis(10)));
+        p.park("u".into(), parked(&[], Duration::from_millis(10)), 10);
         assert!(p.claim("u", "/", Instant::now()).is_some());
         let due = p.next_expiry().unwrap();
         p.expire(due);
@@ -297,9 +329,38 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_session_that_overflows_is_refused_to_its_claimant() {
+        let mut p = Parking::default();
+        p.park("t".into(), parked(&["feed"], Duration::from_secs(60)), 10);
+        assert!(p.claim("t", "/", Instant::now()).is_some());
+        p.emit("/", "feed", 1, |_| text("1"));
+        p.emit("/", "feed", 1, |_| text("2"));
+        assert!(
+            p.take("t").is_none(),
+            "an overflowed session was handed over"
+        );
+        assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_unclaimed_session_goes() {
+        let mut p = Parking::default();
+        p.park("a".into(), parked(&["feed"], Duration::from_secs(60)), 2);
+        p.park("b".into(), parked(&[], Duration::from_secs(60)), 2);
+        assert!(p.claim("a", "/", Instant::now()).is_some());
+        p.park("c".into(), parked(&[], Duration::from_secs(60)), 2);
+        assert!(p.take("a").is_some(), "a claimed session was evicted");
+        assert!(
+            p.claim("b", "/", Instant::now()).is_none(),
+            "the oldest unclaimed stayed"
+        );
+        assert!(p.claim("c", "/", Instant::now()).is_some());
+    }
+
+    #[test]
     fn sessions_expire() {
         let mut p = Parking::default();
-        p.park("t".into(), parked(&["feed"], Duration::from_millis(10)));
+        p.park("t".into(), parked(&["feed"], Duration::from_millis(10)), 10);
         let at = p.next_expiry().unwrap();
         p.expire(at - Duration::from_millis(1));
         assert_eq!(p.len(), 1);
