@@ -388,6 +388,23 @@ fn header_dribbled_a_byte_at_a_time_is_dropped_by_the_handshake_deadline() {
 
 // ---------------------------------------------------------------- frames
 
+/// Each attack ends its own connection with close `code`, reported once to
+/// on_disconnection with that code.
+fn each_closes_with(
+    server: &Server,
+    gone: &mpsc::Receiver<DisconnectInfo>,
+    attacks: &[(&str, Vec<u8>)],
+    code: u16,
+) {
+    for (what, bytes) in attacks {
+        let (sent, ended) = attack_with_frames(server, bytes);
+        assert_eq!(sent, Some(code), "{what}");
+        assert!(ended, "{what}: the connection stayed open");
+        let info = gone.recv_timeout(DEADLINE).expect("a disconnection");
+        assert_eq!(info.code, code, "{what}: {info:?}");
+    }
+}
+
 /// Open a hand-made connection and send `bytes`; returns the
 /// close code the server answered with (`None`: it hung up without one) and whether
 /// it then ended the connection.
@@ -429,13 +446,7 @@ fn invalid_utf8_in_a_text_frame_is_closed_with_1007() {
             ws_frame(OP_CLOSE, true, &close_reason),
         ),
     ];
-    for (what, bytes) in &attacks {
-        let (code, ended) = attack_with_frames(&server, bytes);
-        assert_eq!(code, Some(1007), "{what}");
-        assert!(ended, "{what}: the connection stayed open");
-        let info = gone.recv_timeout(DEADLINE).expect("a disconnection");
-        assert_eq!(info.code, 1007, "{what}: {info:?}");
-    }
+    each_closes_with(&server, &gone, &attacks, 1007);
     expect_stats(&server, |s| {
         s.connections = 1;
         s.protocol_errors = attacks.len() as u64;
@@ -502,13 +513,7 @@ fn oversized_message_is_closed_with_1009() {
         ("three fragments", fragments),
         ("one MessagePack frame", ws_frame(OP_BINARY, true, &msgpack)),
     ];
-    for (what, bytes) in &attacks {
-        let (code, ended) = attack_with_frames(&server, bytes);
-        assert_eq!(code, Some(1009), "{what}");
-        assert!(ended, "{what}: the connection stayed open");
-        let info = gone.recv_timeout(DEADLINE).expect("a disconnection");
-        assert_eq!(info.code, 1009, "{what}: {info:?}");
-    }
+    each_closes_with(&server, &gone, &attacks, 1009);
     // A message at the limit is still served.
     let mut raw = connect(&server, "/");
     let fits = format!(
@@ -611,13 +616,7 @@ fn other_protocol_violations_are_closed_with_1002() {
         ("a new message inside a fragmented one", interleaved),
         ("a close frame of one byte", ws_frame(OP_CLOSE, true, &[3])),
     ];
-    for (what, bytes) in &attacks {
-        let (code, ended) = attack_with_frames(&server, bytes);
-        assert_eq!(code, Some(1002), "{what}");
-        assert!(ended, "{what}: the connection stayed open");
-        let info = gone.recv_timeout(DEADLINE).expect("a disconnection");
-        assert_eq!(info.code, 1002, "{what}: {info:?}");
-    }
+    each_closes_with(&server, &gone, &attacks, 1002);
     expect_stats(&server, |s| {
         s.connections = 1;
         s.protocol_errors = attacks.len() as u64;

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::{DEADLINE, Raw, wait_until};
 use serde_json::{Value, json};
-use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -476,100 +475,8 @@ fn slow_call_delays_neither_later_calls_on_its_connection_nor_other_connections(
     finish(server, vec![raw, other]);
 }
 
-/// The sequence number N of an event `{"notification":"newsUpdate","params":[N,"x…"]}`
-/// whose string holds `payload_len` bytes.
-fn event_number(text: &str, payload_len: usize) -> u64 {
-    let rest = text
-        .strip_prefix(r#"{"notification":"newsUpdate","params":["#)
-        .unwrap_or_else(|| panic!("not a newsUpdate event: {text:.80}"));
-    let (number, tail) = rest.split_once(',').expect("a number then the payload");
-    assert!(
-        tail.starts_with('"') && tail.ends_with(r#""]}"#),
-        "{tail:.80}"
-    );
-    assert_eq!(tail.len(), payload_len + 4, "the whole payload arrives");
-    number.parse().unwrap()
-}
-
-#[test]
-fn client_that_never_reads_is_disconnected_and_others_get_every_event() {
-    let mut config = quick();
-    config.outgoing_queue = 8;
-    let (tx, rx) = mpsc::channel::<DisconnectInfo>();
-    let server = common::start_with(
-        Server::builder()
-            .config(config)
-            .on_disconnection(move |d| drop(tx.send(d.clone()))),
-    );
-    let subscribe = |raw: &mut Raw| {
-        assert_eq!(
-            raw.call("rpc.on", json!(["newsUpdate"]))["result"],
-            json!({"newsUpdate": "ok"})
-        );
-    };
-    // Subscribes, then never reads its socket again.
-    let mut stalled = connect(&server, "/?socket_id=stalled");
-    subscribe(&mut stalled);
-    let mut good = connect(&server, "/?socket_id=good");
-    subscribe(&mut good);
-    let payload = "x".repeat(1 << 20);
-    let payload_len = payload.len();
-    let (seen_tx, seen_rx) = mpsc::channel::<u64>();
-    let reader = thread::spawn(move || {
-        loop {
-            match good.ws.read() {
-                Ok(Message::Text(text)) => {
-                    seen_tx.send(event_number(&text, payload_len)).unwrap();
-                }
-                Ok(_) => continue,
-                Err(_) => return,
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let mut emitted = 0u64;
-    let mut gone = None;
-    let mut after_gone = 0;
-    while emitted < 200 && after_gone < 5 {
-        // Keep the good subscriber's backlog small: only the stalled one falls behind.
-        while seen.len() as u64 + 2 <= emitted {
-            seen.push(
-                seen_rx
-                    .recv_timeout(DEADLINE)
-                    .expect("the good client gets the event"),
-            );
-        }
-        server.emit("newsUpdate", (emitted, &payload)).unwrap();
-        emitted += 1;
-        if gone.is_none() {
-            gone = rx.try_recv().ok();
-        } else {
-            after_gone += 1;
-        }
-    }
-    while (seen.len() as u64) < emitted {
-        seen.push(
-            seen_rx
-                .recv_timeout(DEADLINE)
-                .expect("the good client gets the event"),
-        );
-    }
-    assert_eq!(
-        seen,
-        (0..emitted).collect::<Vec<_>>(),
-        "every event, in order"
-    );
-    let gone = gone.expect("the client that never reads was disconnected");
-    assert_eq!(gone.socket_id, "stalled");
-    assert_eq!(
-        (gone.code, gone.reason.as_str()),
-        (1008, "outgoing queue full")
-    );
-    assert!(wait_until(|| server.clients() == ["good"]));
-    drop(stalled);
-    server.close();
-    reader.join().unwrap();
-}
+// A client that never reads while events pile up: tests/hostile.rs,
+// client_that_never_reads_large_events_is_dropped_with_1008.
 
 /// A JSON array nested `depth` levels deep: `[[[...]]]`.
 fn nested(depth: usize) -> String {
