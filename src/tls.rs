@@ -3,8 +3,9 @@
 //!
 //! A connection is read by one thread and written by others, and rustls keeps one
 //! state for both directions. So the state sits under a mutex that is never held
-//! while waiting for the network to deliver: a reader takes raw bytes from the socket
-//! first, then the lock to decrypt them. Writers lock, encrypt and send.
+//! while waiting for the network, in either direction: a reader takes raw bytes from
+//! the socket first, then the lock to decrypt them; a writer encrypts under the lock,
+//! then sends outside it (under a second lock that keeps records in order).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -22,15 +23,32 @@ use crate::transport::arm_deadline;
 pub(crate) struct TlsSocket {
     tcp: TcpStream,
     tls: Mutex<Connection>,
+    /// Held while TLS output is taken from rustls and written to the socket, so records
+    /// go out in order. Always taken before `tls`, and `tls` is never held while
+    /// writing: a write blocked on a peer that does not read stops other writers, not
+    /// the reader's decrypting.
+    output: Mutex<()>,
+    /// Raw bytes read from the socket that rustls could not take yet: it holds at most
+    /// 16 KiB of decrypted data not read by us. Only the reading thread uses it.
+    unread: Mutex<Vec<u8>>,
 }
 
+/// Decrypted data waiting in rustls past which no more raw bytes are fed to it.
+const PLAINTEXT_HIGH: usize = 8 << 10;
+
 impl TlsSocket {
+    fn new(tcp: TcpStream, conn: Connection) -> Self {
+        TlsSocket {
+            tcp,
+            tls: Mutex::new(conn),
+            output: Mutex::new(()),
+            unread: Mutex::new(Vec::new()),
+        }
+    }
+
     pub(crate) fn server(tcp: TcpStream, config: Arc<ServerConfig>) -> Result<Self, Error> {
         let conn = ServerConnection::new(config).map_err(|e| Error::Protocol(e.to_string()))?;
-        Ok(TlsSocket {
-            tcp,
-            tls: Mutex::new(conn.into()),
-        })
+        Ok(TlsSocket::new(tcp, conn.into()))
     }
 
     pub(crate) fn client(
@@ -42,78 +60,113 @@ impl TlsSocket {
             .map_err(|e| Error::InvalidUrl(format!("{host}: {e}")))?;
         let conn =
             ClientConnection::new(config, name).map_err(|e| Error::Protocol(e.to_string()))?;
-        Ok(TlsSocket {
-            tcp,
-            tls: Mutex::new(conn.into()),
-        })
+        Ok(TlsSocket::new(tcp, conn.into()))
     }
 
     pub(crate) fn tcp(&self) -> &TcpStream {
         &self.tcp
     }
 
-    /// Send whatever rustls has queued (handshake messages, records, alerts).
-    fn flush(&self, tls: &mut Connection) -> io::Result<()> {
-        while tls.wants_write() {
-            tls.write_tls(&mut &self.tcp)?;
-        }
-        Ok(())
+    /// Send whatever rustls has queued (handshake messages, alerts), taking the locks
+    /// in order; the caller holds neither.
+    fn send_queued(&self) -> io::Result<()> {
+        let _output = lock(&self.output);
+        let bytes = take_output(&mut lock(&self.tls))?;
+        (&self.tcp).write_all(&bytes)
     }
 
     /// Read plaintext; with a `deadline` (the handshake's), every socket read is held
     /// to it, so a peer sending a record a byte at a time cannot stretch it.
     pub(crate) fn read(&self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
         loop {
-            {
+            let queued = {
                 let mut tls = lock(&self.tls);
                 match tls.reader().read(buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
-                self.flush(&mut tls)?;
+                tls.wants_write()
+            };
+            if queued {
+                self.send_queued()?;
             }
-            // No plaintext: wait for the network without holding the lock. The read
-            // timeout (handshake deadline, heartbeat tick) surfaces here as usual.
-            let mut raw = [0u8; 4096];
-            arm_deadline(&self.tcp, deadline)?;
-            let n = (&self.tcp).read(&mut raw)?;
-            let mut tls = lock(&self.tls);
-            let mut rest = &raw[..n];
-            loop {
-                // A zero-length read tells rustls the peer closed the connection.
-                tls.read_tls(&mut rest)?;
-                let processed = tls.process_new_packets();
-                // Send what rustls has to say first (a handshake step, or the alert
-                // that explains a failure).
-                self.flush(&mut tls)?;
-                if let Err(e) = processed {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            // No plaintext: feed rustls what it could not take before, or wait for the
+            // network without holding a lock. The read timeout (handshake deadline,
+            // heartbeat tick) surfaces here as usual.
+            let mut unread = lock(&self.unread);
+            if unread.is_empty() {
+                let mut raw = [0u8; 4096];
+                arm_deadline(&self.tcp, deadline)?;
+                let n = (&self.tcp).read(&mut raw)?;
+                if n == 0 {
+                    // Tell rustls the peer closed the connection.
+                    lock(&self.tls).read_tls(&mut &[][..])?;
+                    continue;
                 }
-                if rest.is_empty() {
-                    break;
-                }
+                unread.extend_from_slice(&raw[..n]);
             }
+            let (processed, queued) = {
+                let mut tls = lock(&self.tls);
+                let mut rest = &unread[..];
+                let processed = loop {
+                    tls.read_tls(&mut rest)?;
+                    match tls.process_new_packets() {
+                        Err(e) => break Err(e),
+                        // Past the high mark rustls would refuse more: keep the rest.
+                        Ok(state)
+                            if rest.is_empty()
+                                || state.plaintext_bytes_to_read() >= PLAINTEXT_HIGH =>
+                        {
+                            break Ok(());
+                        }
+                        Ok(_) => {}
+                    }
+                };
+                let consumed = unread.len() - rest.len();
+                unread.drain(..consumed);
+                (processed, tls.wants_write())
+            };
+            drop(unread);
+            // Send what rustls has to say first (a handshake step, or the alert that
+            // explains a failure).
+            if queued {
+                self.send_queued()?;
+            }
+            processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
     }
 
     /// Write all of `buf`: rustls takes at most its buffer limit at a time, so hand
     /// it what it accepts, send the records, repeat.
     pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let mut tls = lock(&self.tls);
+        let _output = lock(&self.output);
         let mut rest = buf;
         while !rest.is_empty() {
-            let taken = tls.writer().write(rest)?;
-            rest = &rest[taken..];
-            if taken == 0 && !tls.wants_write() {
-                // Still handshaking with its buffer full: nothing can go out before
-                // the handshake ends, so let the buffer hold the rest.
-                tls.set_buffer_limit(None);
-            }
-            self.flush(&mut tls)?;
+            let bytes = {
+                let mut tls = lock(&self.tls);
+                let taken = tls.writer().write(rest)?;
+                rest = &rest[taken..];
+                if taken == 0 && !tls.wants_write() {
+                    // Still handshaking with its buffer full: nothing can go out before
+                    // the handshake ends, so let the buffer hold the rest.
+                    tls.set_buffer_limit(None);
+                }
+                take_output(&mut tls)?
+            };
+            (&self.tcp).write_all(&bytes)?;
         }
         Ok(buf.len())
     }
+}
+
+/// What rustls has queued to send, taken out of it.
+fn take_output(tls: &mut Connection) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut bytes)?;
+    }
+    Ok(bytes)
 }
 
 /// The client's TLS settings when none are given: the Mozilla root certificates

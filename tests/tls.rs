@@ -163,3 +163,55 @@ fn a_plain_client_cannot_talk_to_a_tls_server() {
     assert!(server.stats().handshakes_failed >= 1);
     server.close();
 }
+
+#[test]
+fn both_sides_writing_large_frames_at_once_do_not_stall() {
+    // Megabytes each way at once: each side's writer may block on a full socket buffer
+    // while the other side must still decrypt what it reads (and rustls holds at most
+    // 16 KiB of decrypted data: one socket read can complete more than that).
+    let tls = tls();
+    let server = start(&tls);
+    let client = Client::builder(&wss(&server, "/"))
+        .tls_config(tls.client.clone())
+        .timeout(DEADLINE)
+        .connect()
+        .unwrap();
+    let (tx, events) = mpsc::channel::<()>();
+    client
+        .subscribe("newsUpdate", move |_| {
+            let _ = tx.send(());
+        })
+        .unwrap();
+    let big = "e".repeat(512 << 10);
+    let emitter = {
+        let server = server.clone();
+        let big = big.clone();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                server.emit("newsUpdate", json!([big])).unwrap();
+            }
+        })
+    };
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            let big = big.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    client.call("echo", json!([big])).unwrap();
+                }
+            })
+        })
+        .collect();
+    for call in calls {
+        call.join().expect("every large call was answered in time");
+    }
+    emitter.join().unwrap();
+    for _ in 0..20 {
+        events
+            .recv_timeout(DEADLINE)
+            .expect("every large event arrived");
+    }
+    client.close();
+    server.close();
+}
