@@ -11,6 +11,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import WebSocket from "ws";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SERVER_BIN = path.resolve(
@@ -93,11 +94,83 @@ export function fixtureServer() {
     await within(exited, "the server to exit");
   });
 
-  return {
+  const fixture = {
     url: (pathAndQuery = "/") => `ws://127.0.0.1:${port}${pathAndQuery}`,
     track: (client) => {
       clients.push(client);
       return client;
     },
+    /** A `RawSocket` (or subclass `Kind`) on `pathAndQuery`, offering `protocols`. */
+    openRaw: async (pathAndQuery = "/", protocols = undefined, Kind = RawSocket) => {
+      const url = fixture.url(pathAndQuery);
+      const ws = protocols === undefined ? new WebSocket(url) : new WebSocket(url, protocols);
+      const raw = fixture.track(new Kind(ws));
+      await within(
+        new Promise((resolve, reject) => {
+          ws.once("open", resolve);
+          ws.once("error", reject);
+        }),
+        "a raw socket to open",
+      );
+      return raw;
+    },
   };
+  return fixture;
+}
+
+/** A raw `ws` socket that queues what it receives, for frames a Client cannot send. */
+export class RawSocket {
+  constructor(ws) {
+    this.ws = ws;
+    this.inbox = [];
+    this.waiters = [];
+    this.closed = null;
+    ws.on("message", (data, isBinary) => {
+      const message = { data: Buffer.from(data), isBinary };
+      const waiter = this.waiters.shift();
+      if (waiter) waiter.resolve(message);
+      else this.inbox.push(message);
+    });
+    ws.on("close", (code) => {
+      this.closed = code;
+      for (const waiter of this.waiters.splice(0)) {
+        waiter.reject(new Error(`the socket closed (${code})`));
+      }
+    });
+  }
+
+  /** Send `value` as JSON text, in a text frame. */
+  sendJson(value) {
+    this.ws.send(typeof value === "string" ? value : JSON.stringify(value), {
+      binary: false,
+    });
+  }
+
+  /** The next message as it came: `{data: Buffer, isBinary}`. */
+  async nextFrame(what) {
+    if (this.inbox.length) return this.inbox.shift();
+    if (this.closed !== null) throw new Error(`the socket closed (${this.closed})`);
+    let waiter;
+    const arrived = new Promise((resolve, reject) => {
+      waiter = { resolve, reject };
+      this.waiters.push(waiter);
+    });
+    try {
+      return await within(arrived, what);
+    } finally {
+      const i = this.waiters.indexOf(waiter);
+      if (i >= 0) this.waiters.splice(i, 1);
+    }
+  }
+
+  /** The next message, which must be a JSON text frame, parsed. */
+  async nextJson(what) {
+    const { data, isBinary } = await this.nextFrame(what);
+    assert.equal(isBinary, false, `${what}: expected a text frame, got ${data.toString("hex")}`);
+    return JSON.parse(data.toString());
+  }
+
+  close() {
+    this.ws.close();
+  }
 }

@@ -9,7 +9,6 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { DEADLINE_MS, fixtureServer, rejection, within } from "./harness.mjs";
 import { Client } from "rpc-websockets";
-import WebSocket from "ws";
 
 const server = fixtureServer();
 
@@ -41,72 +40,6 @@ function nextEvent(client, event) {
   );
 }
 
-/** A raw `ws` socket that queues what it receives. */
-class Raw {
-  static async open(pathAndQuery = "/") {
-    const ws = new WebSocket(server.url(pathAndQuery));
-    const raw = new Raw(ws);
-    server.track(raw);
-    await within(
-      new Promise((resolve, reject) => {
-        ws.once("open", resolve);
-        ws.once("error", reject);
-      }),
-      "a raw socket to open",
-    );
-    return raw;
-  }
-
-  constructor(ws) {
-    this.ws = ws;
-    this.inbox = [];
-    this.waiters = [];
-    this.closed = null;
-    ws.on("message", (data, isBinary) => {
-      const message = { text: data.toString(), isBinary };
-      const waiter = this.waiters.shift();
-      if (waiter) waiter.resolve(message);
-      else this.inbox.push(message);
-    });
-    ws.on("close", (code) => {
-      this.closed = code;
-      for (const waiter of this.waiters.splice(0)) {
-        waiter.reject(new Error(`the socket closed (${code})`));
-      }
-    });
-  }
-
-  send(frame) {
-    this.ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
-  }
-
-  /** The next message, parsed; it must be a text frame. */
-  async next(what) {
-    let message;
-    if (this.inbox.length) {
-      message = this.inbox.shift();
-    } else {
-      if (this.closed !== null) throw new Error(`the socket closed (${this.closed})`);
-      let waiter;
-      const arrived = new Promise((resolve, reject) => {
-        waiter = { resolve, reject };
-        this.waiters.push(waiter);
-      });
-      try {
-        message = await within(arrived, what);
-      } finally {
-        const i = this.waiters.indexOf(waiter);
-        if (i >= 0) this.waiters.splice(i, 1);
-      }
-    }
-    assert.equal(message.isBinary, false, `${what}: expected a text frame`);
-    return JSON.parse(message.text);
-  }
-
-  close() {
-    this.ws.close();
-  }
-}
 
 describe("calls", () => {
   it("sum and greet", async () => {
@@ -352,15 +285,15 @@ describe("errors", () => {
 
 describe("raw frames", () => {
   it("a batch is answered in order, without its notifications", async () => {
-    const raw = await Raw.open();
-    raw.send([
+    const raw = await server.openRaw();
+    raw.sendJson([
       { jsonrpc: "2.0", method: "sum", params: [1, 2], id: 1 },
       { jsonrpc: "2.0", method: "update", params: [0] },
       { jsonrpc: "2.0", method: "greet", params: { name: "batch" }, id: "two" },
       { jsonrpc: "2.0", method: "noSuchMethod", id: 3 },
       { jsonrpc: "2.0", method: "subtract", params: [10, 4], id: 4 },
     ]);
-    assert.deepEqual(await raw.next("the batch reply"), [
+    assert.deepEqual(await raw.nextJson("the batch reply"), [
       { jsonrpc: "2.0", result: 3, id: 1 },
       { jsonrpc: "2.0", result: "Hello, batch!", id: "two" },
       { jsonrpc: "2.0", error: { code: -32601, message: "Method not found" }, id: 3 },
@@ -369,14 +302,14 @@ describe("raw frames", () => {
   });
 
   it("a batch of notifications and a notification get no reply", async () => {
-    const raw = await Raw.open();
-    raw.send([
+    const raw = await server.openRaw();
+    raw.sendJson([
       { jsonrpc: "2.0", method: "update", params: [1] },
       { jsonrpc: "2.0", method: "sum", params: [1, 1] },
     ]);
-    raw.send({ jsonrpc: "2.0", method: "sum", params: [1, 1] });
-    raw.send({ jsonrpc: "2.0", method: "sum", params: [3, 4], id: 9 });
-    assert.deepEqual(await raw.next("the reply to id 9"), {
+    raw.sendJson({ jsonrpc: "2.0", method: "sum", params: [1, 1] });
+    raw.sendJson({ jsonrpc: "2.0", method: "sum", params: [3, 4], id: 9 });
+    assert.deepEqual(await raw.nextJson("the reply to id 9"), {
       jsonrpc: "2.0",
       result: 7,
       id: 9,
@@ -384,9 +317,9 @@ describe("raw frames", () => {
   });
 
   it("an empty batch is -32600 Invalid array", async () => {
-    const raw = await Raw.open();
-    raw.send("[]");
-    assert.deepEqual(await raw.next("the reply to []"), {
+    const raw = await server.openRaw();
+    raw.sendJson("[]");
+    assert.deepEqual(await raw.nextJson("the reply to []"), {
       jsonrpc: "2.0",
       error: { code: -32600, message: "Invalid Request", data: "Invalid array" },
       id: null,
@@ -394,9 +327,9 @@ describe("raw frames", () => {
   });
 
   it("id 0 is answered", async () => {
-    const raw = await Raw.open();
-    raw.send({ jsonrpc: "2.0", method: "sum", params: [2, 2], id: 0 });
-    assert.deepEqual(await raw.next("the reply to id 0"), {
+    const raw = await server.openRaw();
+    raw.sendJson({ jsonrpc: "2.0", method: "sum", params: [2, 2], id: 0 });
+    assert.deepEqual(await raw.nextJson("the reply to id 0"), {
       jsonrpc: "2.0",
       result: 4,
       id: 0,

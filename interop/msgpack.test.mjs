@@ -8,10 +8,9 @@
 
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { DEADLINE_MS, fixtureServer, rejection, within } from "./harness.mjs";
+import { DEADLINE_MS, RawSocket, fixtureServer, rejection, within } from "./harness.mjs";
 import { Decoder, encode } from "@msgpack/msgpack";
 import { CommonClient, WebSocket as rpcWebSocketFactory } from "rpc-websockets";
-import WebSocket from "ws";
 
 /**
  * Decodes one MessagePack value: 64-bit integers as numbers, and maps as plain objects
@@ -158,71 +157,16 @@ describe("the rpc-websockets client with a MessagePack data pack", () => {
 // ---------------------------------------------------------------------------------------
 // Raw sockets.
 
-/** A raw `ws` socket that queues what it receives. */
-class Raw {
-  /** Open `pathAndQuery`, offering `protocols` (subprotocols) if given. */
-  static async open(pathAndQuery = "/", protocols = undefined) {
-    const url = server.url(pathAndQuery);
-    const ws = protocols === undefined ? new WebSocket(url) : new WebSocket(url, protocols);
-    const raw = new Raw(ws);
-    server.track(raw);
-    await within(
-      new Promise((resolve, reject) => {
-        ws.once("open", resolve);
-        ws.once("error", reject);
-      }),
-      "a raw socket to open",
-    );
-    return raw;
-  }
-
-  constructor(ws) {
-    this.ws = ws;
-    this.inbox = [];
-    this.waiters = [];
-    this.closed = null;
-    ws.on("message", (data, isBinary) => {
-      const message = { data: Buffer.from(data), isBinary };
-      const waiter = this.waiters.shift();
-      if (waiter) waiter.resolve(message);
-      else this.inbox.push(message);
-    });
-    ws.on("close", (code) => {
-      this.closed = code;
-      for (const waiter of this.waiters.splice(0)) {
-        waiter.reject(new Error(`the socket closed (${code})`));
-      }
-    });
+/** The harness's raw socket, speaking MessagePack as well. */
+class Raw extends RawSocket {
+  static open(pathAndQuery = "/", protocols = undefined) {
+    return server.openRaw(pathAndQuery, protocols, Raw);
   }
 
   /** Send `value` MessagePack-encoded, in a binary frame (bytes go as they are). */
   sendMsgpack(value) {
     const bytes = value instanceof Uint8Array ? value : encode(value);
     this.ws.send(bytes, { binary: true });
-  }
-
-  /** Send `value` as JSON text, in a text frame. */
-  sendJson(value) {
-    this.ws.send(typeof value === "string" ? value : JSON.stringify(value), {
-      binary: false,
-    });
-  }
-
-  /** The next message as it came: `{data: Buffer, isBinary}`. */
-  async nextFrame(what) {
-    if (this.inbox.length) return this.inbox.shift();
-    if (this.closed !== null) throw new Error(`the socket closed (${this.closed})`);
-    let waiter;
-    const arrived = new Promise((resolve, reject) => {
-      waiter = { resolve, reject };
-      this.waiters.push(waiter);
-    });
-    try {
-      return await within(arrived, what);
-    } finally {
-      const i = this.waiters.indexOf(waiter);
-      if (i >= 0) this.waiters.splice(i, 1);
-    }
   }
 
   /** The next message, which must be a binary MessagePack frame, decoded. */
@@ -234,17 +178,6 @@ class Raw {
       `${what}: expected a binary frame, got the text ${JSON.stringify(data.toString())}`,
     );
     return unpack(data);
-  }
-
-  /** The next message, which must be a JSON text frame, parsed. */
-  async nextJson(what) {
-    const { data, isBinary } = await this.nextFrame(what);
-    assert.equal(isBinary, false, `${what}: expected a text frame, got ${hex(data)}`);
-    return JSON.parse(data.toString());
-  }
-
-  close() {
-    this.ws.close();
   }
 }
 

@@ -50,14 +50,16 @@ fn wss(server: &Server, path: &str) -> String {
     format!("wss://localhost:{}{path}", server.local_addr().port())
 }
 
+/// A client of `server` that trusts the test certificate.
+fn trusting(tls: &Tls, server: &Server) -> wsrpc::ClientBuilder {
+    Client::builder(&wss(server, "/")).tls_config(tls.client.clone())
+}
+
 #[test]
 fn calls_and_events_work_over_wss() {
     let tls = tls();
     let server = start(&tls);
-    let client = Client::builder(&wss(&server, "/"))
-        .tls_config(tls.client.clone())
-        .connect()
-        .unwrap();
+    let client = trusting(&tls, &server).connect().unwrap();
     assert_eq!(client.call("sum", [5, 3]).unwrap(), json!(8));
     let (tx, events) = mpsc::channel();
     client
@@ -76,11 +78,7 @@ fn large_messages_cross_many_tls_records_both_ways() {
     let tls = tls();
     let server = start(&tls);
     for msgpack in [false, true] {
-        let client = Client::builder(&wss(&server, "/"))
-            .tls_config(tls.client.clone())
-            .msgpack(msgpack)
-            .connect()
-            .unwrap();
+        let client = trusting(&tls, &server).msgpack(msgpack).connect().unwrap();
         let big = "x".repeat(1 << 20);
         let echoed = client.call("echo", json!([big])).unwrap();
         assert_eq!(echoed[0].as_str().map(str::len), Some(1 << 20));
@@ -93,10 +91,7 @@ fn large_messages_cross_many_tls_records_both_ways() {
 fn events_and_calls_interleave_on_one_tls_connection() {
     let tls = tls();
     let server = start(&tls);
-    let client = Client::builder(&wss(&server, "/"))
-        .tls_config(tls.client.clone())
-        .connect()
-        .unwrap();
+    let client = trusting(&tls, &server).connect().unwrap();
     let (tx, events) = mpsc::channel::<Value>();
     client
         .subscribe("newsUpdate", move |p| drop(tx.send(p.clone())))
@@ -132,10 +127,7 @@ fn an_untrusted_certificate_is_refused() {
         .connect();
     assert!(refused.is_err(), "a self-signed certificate was trusted");
     // The server is unharmed.
-    let client = Client::builder(&wss(&server, "/"))
-        .tls_config(tls.client.clone())
-        .connect()
-        .unwrap();
+    let client = trusting(&tls, &server).connect().unwrap();
     assert_eq!(client.call("sum", [1, 1]).unwrap(), json!(2));
     client.close();
     server.close();
@@ -171,11 +163,7 @@ fn both_sides_writing_large_frames_at_once_do_not_stall() {
     // 16 KiB of decrypted data: one socket read can complete more than that).
     let tls = tls();
     let server = start(&tls);
-    let client = Client::builder(&wss(&server, "/"))
-        .tls_config(tls.client.clone())
-        .timeout(DEADLINE)
-        .connect()
-        .unwrap();
+    let client = trusting(&tls, &server).timeout(DEADLINE).connect().unwrap();
     let (tx, events) = mpsc::channel::<()>();
     client
         .subscribe("newsUpdate", move |_| {
