@@ -269,16 +269,8 @@ impl Conn {
             "a slow handler holds client {}; reading on in a new thread",
             self.session.socket_id
         );
-        let carrier = Arc::new(Mutex::new(Some(reader)));
-        let (srv, conn, handed) = (server.clone(), self.clone(), carrier.clone());
-        let spawned = server.spawn("wsrpc-conn", server.config().stack_size, move || {
-            if let Some(reader) = lock(&handed).take() {
-                read_loop(srv, conn, reader);
-            }
-        });
-        if let Err(e) = spawned {
-            log::warn!("could not start a reader thread: {e}");
-            *slot = lock(&carrier).take();
+        if let Err(reader) = read_on_new_thread(server, self.clone(), reader) {
+            *slot = Some(reader);
         }
     }
 
@@ -320,7 +312,30 @@ pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     }
     log::debug!("client {} connected to {}", info.socket_id, info.namespace);
     server.hooks().connection(&info);
-    read_loop(server, conn, reader);
+    // The handshake parses HTTP deep in this thread's stack. The connection lives on
+    // in a fresh thread, so an idle connection keeps only the stack pages its read loop
+    // touched (12 KiB rather than 20). Without a new thread it goes on here.
+    if let Err(reader) = read_on_new_thread(&server, conn.clone(), reader) {
+        read_loop(server, conn, reader);
+    }
+}
+
+/// Run the read loop of `conn` on a new thread; if none can be started, the reader
+/// comes back.
+fn read_on_new_thread(server: &Server, conn: Arc<Conn>, reader: Reader) -> Result<(), Reader> {
+    // The reader goes through a shared slot so that a failed spawn can hand it back.
+    let carrier = Arc::new(Mutex::new(Some(Box::new(reader))));
+    let (srv, handed) = (server.clone(), carrier.clone());
+    let spawned = server.spawn("wsrpc-conn", server.config().stack_size, move || {
+        if let Some(reader) = lock(&handed).take() {
+            read_loop(srv, conn, *reader);
+        }
+    });
+    spawned.map_err(|e| {
+        log::warn!("could not start a reader thread: {e}");
+        let reader = lock(&carrier).take().expect("the thread never started");
+        *reader
+    })
 }
 
 fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
