@@ -270,7 +270,7 @@ impl Conn {
             self.session.socket_id
         );
         if let Err(reader) = read_on_new_thread(server, self.clone(), reader) {
-            *slot = Some(reader);
+            *slot = Some(*reader);
         }
     }
 
@@ -316,14 +316,14 @@ pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     // in a fresh thread, so an idle connection keeps only the stack pages its read loop
     // touched (12 KiB rather than 20). Without a new thread it goes on here.
     if let Err(reader) = read_on_new_thread(&server, conn.clone(), reader) {
-        read_loop(server, conn, reader);
+        read_loop(server, conn, *reader);
     }
 }
 
 /// Run the read loop of `conn` on a new thread; if none can be started, the reader
-/// comes back.
-fn read_on_new_thread(server: &Server, conn: Arc<Conn>, reader: Reader) -> Result<(), Reader> {
-    // The reader goes through a shared slot so that a failed spawn can hand it back.
+/// comes back. It travels boxed: the new thread's first frame stays small.
+fn read_on_new_thread(server: &Server, conn: Arc<Conn>, reader: Reader) -> Result<(), Box<Reader>> {
+    // Through a shared slot, so that a failed spawn can hand the reader back.
     let carrier = Arc::new(Mutex::new(Some(Box::new(reader))));
     let (srv, handed) = (server.clone(), carrier.clone());
     let spawned = server.spawn("wsrpc-conn", server.config().stack_size, move || {
@@ -333,8 +333,9 @@ fn read_on_new_thread(server: &Server, conn: Arc<Conn>, reader: Reader) -> Resul
     });
     spawned.map_err(|e| {
         log::warn!("could not start a reader thread: {e}");
-        let reader = lock(&carrier).take().expect("the thread never started");
-        *reader
+        lock(&carrier)
+            .take()
+            .expect("a thread that never started kept nothing")
     })
 }
 
