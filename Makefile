@@ -3,12 +3,12 @@ CARGO ?= cargo
 NPM ?= npm
 NODE ?= node
 
-.PHONY: run test fmt-check clippy unit interop interop-deps bench fuzz clean
+.PHONY: run test fmt-check clippy unit interop interop-deps bench bench-smoke fuzz clean
 
 run:
 	$(CARGO) run --example demo
 
-test: fmt-check clippy unit interop
+test: fmt-check clippy unit interop bench-smoke
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -17,10 +17,13 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	$(CARGO) clippy -p wsrpc-bench --all-targets -- -D warnings
 
-# Unit tests, integration tests over loopback (TLS ones included), and doc tests.
+# Unit tests, integration tests over loopback (TLS ones included), and doc tests; then
+# the benchmark's own unit tests.
 unit:
 	$(CARGO) test --all-features
+	$(CARGO) test -p wsrpc-bench
 
 # The pinned npm packages, installed from the committed lockfile.
 interop/node_modules/.package-lock.json: interop/package.json interop/package-lock.json
@@ -34,13 +37,18 @@ interop: interop-deps
 	cd interop && WSRPC_INTEROP_SERVER=../target/debug/examples/interop_server $(NODE) --test
 	$(CARGO) test --all-features --test interop_js_server -- --include-ignored
 
-# Sequential calls, 32 in flight per connection, and 1,000 idle connections, against
-# the peers in the same run (see examples/load.rs).
+# wsrpc against rpc-websockets (Node), jsonrpsee and a bare tungstenite server, same
+# workloads, same run (about five minutes): writes BENCHMARKS.md and benchmarks/*.svg.
+# The idle workload holds 10,000 connections: the open-file limit is raised to the hard
+# limit first.
 bench: interop-deps
-	$(CARGO) build --release --example load --example interop_server
-	./target/release/examples/load --compare
-	./target/release/examples/load --compare -k 32
-	./target/release/examples/load --compare --idle 1000
+	$(CARGO) build --release -p wsrpc-bench
+	ulimit -n $$(ulimit -Hn) && ./target/release/wsrpc-bench
+
+# The same suite cut to seconds (make test runs it): every server must answer every
+# workload correctly; no speed is asserted. The report goes to target/bench-quick/.
+bench-smoke: interop-deps
+	$(CARGO) run -p wsrpc-bench -- --quick
 
 # Each fuzz target for FUZZ_SECONDS (cargo install cargo-fuzz first). RUSTC_BOOTSTRAP
 # lets cargo fuzz use its nightly flags on the stable toolchain; no sanitizer runtime

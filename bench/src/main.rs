@@ -1,5 +1,136 @@
-//! placeholder
+//! `make bench`: wsrpc and the servers people would otherwise pick (rpc-websockets on
+//! Node, jsonrpsee, and a bare tungstenite thread-per-connection server), measured on
+//! the same workloads in the same run, on loopback. Writes BENCHMARKS.md and one SVG
+//! chart per workload.
+//!
+//! ```text
+//! wsrpc-bench [--quick] [--out DIR] [--only TEXT] [--window W] [--rate R]
+//! ```
+//! - `--quick`: a few seconds in all, small sizes (the CI smoke run); the default is the
+//!   full run of issue 6, about five minutes.
+//! - `--out DIR`: where BENCHMARKS.md and benchmarks/*.svg go (default: the checkout's
+//!   top folder, or target/bench-quick with --quick).
+//! - `--only TEXT`: only the workloads whose name contains TEXT (e.g. `fanout`).
+//! - `--window W`: fan-out events out at once (default 16); `--rate R`: emit R events/s
+//!   instead of as fast as the window allows.
+//!
+//! The exit status is 1 if any server failed a workload (the report says which).
+
+mod calls;
+mod fanout;
+mod idle;
 mod jsonrpsee_peer;
-fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--serve") { jsonrpsee_peer::serve(); }
+mod peers;
+mod plot;
+mod report;
+mod suite;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use peers::Peer;
+
+/// A workload's figures from one server.
+#[derive(Clone, Debug)]
+pub enum Figures {
+    Calls(calls::Outcome),
+    Fanout(fanout::Outcome),
+    Idle(idle::Outcome),
+}
+
+/// One workload, measured on every server that takes part.
+pub struct Measured {
+    /// File name of its chart.
+    pub slug: String,
+    pub title: String,
+    pub rows: Vec<(Peer, Result<Figures, String>)>,
+}
+
+/// The checkout this binary was built from (interop/, Cargo.lock, BENCHMARKS.md).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ is inside the checkout")
+        .to_path_buf()
+}
+
+fn main() -> ExitCode {
+    let mut options = suite::Options::default();
+    let mut out = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |what: &str| {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{arg} takes {what}")))
+        };
+        match arg.as_str() {
+            "--serve" => {
+                return match peers::serve(&value("a server name")) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            "--quick" => options.quick = true,
+            "--out" => out = Some(PathBuf::from(value("a folder"))),
+            "--only" => options.only = Some(value("a workload name")),
+            "--window" => options.window = number(&value("a number")),
+            "--rate" => options.rate = Some(number(&value("events per second"))),
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    let out = out.unwrap_or_else(|| {
+        if options.quick {
+            repo_root().join("target/bench-quick")
+        } else {
+            repo_root()
+        }
+    });
+    let command: Vec<String> = std::env::args().collect();
+    let results = suite::run(&options);
+    match suite::write(&out, &results, &options, &command.join(" ")) {
+        Ok(path) => println!("wrote {}", path.display()),
+        Err(e) => {
+            eprintln!("cannot write the report: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .flat_map(|m| {
+            m.rows.iter().filter_map(|(peer, r)| {
+                r.as_ref()
+                    .err()
+                    .map(|e| format!("{} / {}: {e}", m.title, peer.name()))
+            })
+        })
+        .collect();
+    for f in &failed {
+        eprintln!("FAILED {f}");
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn number<T: std::str::FromStr>(text: &str) -> T {
+    text.parse()
+        .unwrap_or_else(|_| usage(&format!("not a number: {text}")))
+}
+
+fn usage(problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("{problem}");
+    }
+    eprintln!(
+        "usage: wsrpc-bench [--quick] [--out DIR] [--only TEXT] [--window W] [--rate R]\n       \
+         wsrpc-bench --serve wsrpc|jsonrpsee|bare"
+    );
+    std::process::exit(if problem.is_empty() { 0 } else { 2 });
 }

@@ -1,0 +1,273 @@
+//! The results as BENCHMARKS.md (tables of figures with ratios to the best peer, the
+//! targets of issue 6, the machine and versions) and one SVG chart per workload.
+
+use std::fmt::Write as _;
+
+use crate::peers::Peer;
+use crate::plot::{self, Bar, Panel};
+use crate::{Figures, Measured};
+
+/// One column of a workload's table.
+struct Metric {
+    name: &'static str,
+    higher_is_better: bool,
+}
+
+const fn metric(name: &'static str, higher_is_better: bool) -> Metric {
+    Metric {
+        name,
+        higher_is_better,
+    }
+}
+
+const CALLS: [Metric; 6] = [
+    metric("calls/s", true),
+    metric("p50 ms", false),
+    metric("p99 ms", false),
+    metric("p99.9 ms", false),
+    metric("calls per CPU-s", true),
+    metric("peak RSS MiB", false),
+];
+const FANOUT: [Metric; 6] = [
+    metric("events/s delivered", true),
+    metric("p50 ms", false),
+    metric("p99 ms", false),
+    metric("p99.9 ms", false),
+    metric("events per CPU-s", true),
+    metric("peak RSS MiB", false),
+];
+const IDLE: [Metric; 2] = [
+    metric("connections held", true),
+    metric("MiB per 1,000", false),
+];
+
+impl Figures {
+    fn metrics(&self) -> &'static [Metric] {
+        match self {
+            Figures::Calls(_) => &CALLS,
+            Figures::Fanout(_) => &FANOUT,
+            Figures::Idle(_) => &IDLE,
+        }
+    }
+
+    fn values(&self) -> Vec<f64> {
+        match self {
+            Figures::Calls(o) => vec![
+                o.calls_per_second,
+                o.latency_ms[0],
+                o.latency_ms[1],
+                o.latency_ms[2],
+                o.calls_per_cpu_second,
+                o.peak_rss_mib,
+            ],
+            Figures::Fanout(o) => vec![
+                o.delivered_per_second,
+                o.latency_ms[0],
+                o.latency_ms[1],
+                o.latency_ms[2],
+                o.delivered_per_cpu_second,
+                o.peak_rss_mib,
+            ],
+            Figures::Idle(o) => vec![o.held as f64, o.mib_per_1000],
+        }
+    }
+
+    /// A last column that is not a figure: whether idle servers still answer.
+    fn note(&self) -> Option<&'static str> {
+        match self {
+            Figures::Idle(o) if o.answering => Some("yes"),
+            Figures::Idle(_) => Some("**no**"),
+            _ => None,
+        }
+    }
+}
+
+impl Measured {
+    /// Metric `i` of every row that has figures.
+    fn column(&self, i: usize) -> impl Iterator<Item = (Peer, f64)> + '_ {
+        self.rows.iter().filter_map(move |(peer, r)| {
+            let v = *r.as_ref().ok()?.values().get(i)?;
+            v.is_finite().then_some((*peer, v))
+        })
+    }
+
+    /// The best peer's figure of metric `i` (wsrpc is not a peer of itself).
+    fn best_peer(&self, i: usize, higher_is_better: bool) -> Option<f64> {
+        let peers = self.column(i).filter(|(p, _)| !p.is_ours()).map(|(_, v)| v);
+        if higher_is_better {
+            peers.reduce(f64::max)
+        } else {
+            peers.reduce(f64::min)
+        }
+    }
+
+    /// The figure of metric `i` for `peer`.
+    pub fn value(&self, peer: Peer, i: usize) -> Option<f64> {
+        self.column(i).find(|(p, _)| *p == peer).map(|(_, v)| v)
+    }
+
+    fn metrics(&self) -> &'static [Metric] {
+        self.rows
+            .iter()
+            .find_map(|(_, r)| r.as_ref().ok())
+            .map_or(&[], Figures::metrics)
+    }
+}
+
+/// A figure with sensible precision.
+pub fn number(x: f64) -> String {
+    if !x.is_finite() {
+        "n/a".into()
+    } else if x >= 100.0 {
+        let digits = format!("{:.0}", x);
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else if x >= 0.1 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// A workload's table: one row per server, each figure with its ratio to the best peer.
+pub fn table(m: &Measured) -> String {
+    let metrics = m.metrics();
+    let noted = m
+        .rows
+        .iter()
+        .any(|(_, r)| r.as_ref().is_ok_and(|f| f.note().is_some()));
+    let columns = metrics.len() + usize::from(noted);
+    let mut out = String::from("| server |");
+    for metric in metrics {
+        let _ = write!(out, " {} |", metric.name);
+    }
+    if noted {
+        out.push_str(" still answering |");
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|".repeat(columns));
+    out.push('\n');
+    for (peer, result) in &m.rows {
+        let name = if peer.is_ours() {
+            format!("**{}**", peer.name())
+        } else {
+            peer.name().to_owned()
+        };
+        let _ = write!(out, "| {name} |");
+        match result {
+            Err(e) => {
+                let _ = write!(out, " failed: {} |", e.replace('|', "/"));
+                out.push_str(&" |".repeat(columns.saturating_sub(1)));
+            }
+            Ok(figures) => {
+                for (i, (metric, v)) in metrics.iter().zip(figures.values()).enumerate() {
+                    let ratio = m
+                        .best_peer(i, metric.higher_is_better)
+                        .filter(|best| *best > 0.0 && v.is_finite())
+                        .map(|best| format!(" ({:.2}x)", v / best))
+                        .unwrap_or_default();
+                    let _ = write!(out, " {}{ratio} |", number(v));
+                }
+                if let Some(note) = figures.note() {
+                    let _ = write!(out, " {note} |");
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The workload's chart: its main figure and its p99 latency (or memory) per server.
+pub fn chart(m: &Measured, subtitle: &str) -> String {
+    let metrics = m.metrics();
+    let panels = match metrics.len() {
+        0 => Vec::new(),
+        2 => vec![panel(m, metrics, 1)],
+        _ => vec![panel(m, metrics, 0), panel(m, metrics, 2)],
+    };
+    plot::svg(&m.title, subtitle, &panels)
+}
+
+fn panel(m: &Measured, metrics: &[Metric], i: usize) -> Panel {
+    let (title, unit) = metrics[i]
+        .name
+        .rsplit_once(' ')
+        .filter(|(_, unit)| ["ms", "MiB", "1,000"].contains(unit))
+        .map_or((metrics[i].name, ""), |(t, u)| (t, u));
+    Panel {
+        title: title.to_owned(),
+        unit: unit.to_owned(),
+        higher_is_better: metrics[i].higher_is_better,
+        bars: m
+            .rows
+            .iter()
+            .map(|(peer, r)| Bar {
+                label: peer.name().to_owned(),
+                value: r
+                    .as_ref()
+                    .ok()
+                    .and_then(|f| f.values().get(i).copied())
+                    .unwrap_or(f64::NAN),
+                highlight: peer.is_ours(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle;
+
+    fn idle_row(mib: f64) -> Result<Figures, String> {
+        Ok(Figures::Idle(idle::Outcome {
+            held: 1000,
+            mib_per_1000: mib,
+            answering: true,
+        }))
+    }
+
+    #[test]
+    fn ratios_are_to_the_best_peer() {
+        let m = Measured {
+            slug: "idle".into(),
+            title: "idle".into(),
+            rows: vec![
+                (Peer::WsrpcJson, idle_row(10.0)),
+                (Peer::RpcWebsockets, idle_row(20.0)),
+                (Peer::Bare, idle_row(150.0)),
+                (Peer::Jsonrpsee, Err("refused".into())),
+            ],
+        };
+        let table = table(&m);
+        // Lower is better for memory: the best peer is rpc-websockets at 20.
+        let wsrpc = "| **wsrpc (JSON)** | 1,000 (1.00x) | 10.0 (0.50x) | yes |";
+        assert!(table.contains(wsrpc), "{table}");
+        assert!(table.contains("| bare tungstenite | 1,000 (1.00x) | 150 (7.50x) | yes |"));
+        assert!(
+            table.contains("| jsonrpsee (tokio) | failed: refused | | |"),
+            "{table}"
+        );
+        assert_eq!(m.value(Peer::Bare, 1), Some(150.0));
+        assert_eq!(m.value(Peer::Jsonrpsee, 1), None);
+    }
+
+    #[test]
+    fn numbers_keep_a_sensible_precision() {
+        assert_eq!(number(1234567.4), "1,234,567");
+        assert_eq!(number(123.4), "123");
+        assert_eq!(number(12.34), "12.3");
+        assert_eq!(number(1.234), "1.23");
+        assert_eq!(number(0.01234), "0.012");
+        assert_eq!(number(f64::NAN), "n/a");
+    }
+}

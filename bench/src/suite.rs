@@ -1,0 +1,435 @@
+//! The workloads of issue 6, run on every server in turn, and the report they make.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::peers::Peer;
+use crate::report;
+use crate::{Figures, Measured, calls, fanout, idle};
+
+/// How the suite is run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub quick: bool,
+    pub only: Option<String>,
+    pub window: usize,
+    pub rate: Option<f64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            quick: false,
+            only: None,
+            window: 16,
+            rate: None,
+        }
+    }
+}
+
+enum Kind {
+    Calls(calls::Load),
+    Fanout(fanout::Load),
+    Idle(usize),
+}
+
+struct Workload {
+    slug: String,
+    title: String,
+    kind: Kind,
+}
+
+fn workloads(o: &Options) -> Vec<Workload> {
+    let (warmup, measure) = if o.quick {
+        (Duration::from_millis(200), Duration::from_millis(500))
+    } else {
+        (Duration::from_secs(1), Duration::from_secs(4))
+    };
+    let (sequential, pipelined, fan, idle): (&[usize], &[usize], &[usize], &[usize]) = if o.quick {
+        (&[1, 16], &[16], &[20], &[100])
+    } else {
+        (&[1, 16, 128, 512], &[1, 16], &[100, 1000], &[1000, 10_000])
+    };
+    let mut all = Vec::new();
+    let calls = |connections, in_flight| calls::Load {
+        connections,
+        in_flight,
+        warmup,
+        measure,
+    };
+    for &c in sequential {
+        all.push(Workload {
+            slug: format!("sequential-c{c}"),
+            title: format!("{c} connections, sequential sum calls"),
+            kind: Kind::Calls(calls(c, 1)),
+        });
+    }
+    for &c in pipelined {
+        all.push(Workload {
+            slug: format!("pipelined-c{c}-k32"),
+            title: format!("{c} connections, 32 sum calls in flight on each"),
+            kind: Kind::Calls(calls(c, 32)),
+        });
+    }
+    for &s in fan {
+        all.push(Workload {
+            slug: format!("fanout-s{s}"),
+            title: format!("fan-out to {s} subscribers"),
+            kind: Kind::Fanout(fanout::Load {
+                subscribers: s,
+                window: o.window,
+                rate: o.rate,
+                warmup,
+                measure,
+            }),
+        });
+    }
+    for &n in idle {
+        all.push(Workload {
+            slug: format!("idle-n{n}"),
+            title: format!("{n} idle connections"),
+            kind: Kind::Idle(n),
+        });
+    }
+    all.retain(|w| o.only.as_ref().is_none_or(|only| w.slug.contains(only)));
+    all
+}
+
+/// Every workload on every server that can take it, one server process at a time.
+pub fn run(o: &Options) -> Vec<Measured> {
+    let mut results = Vec::new();
+    for w in workloads(o) {
+        println!("# {}", w.title);
+        let mut rows = Vec::new();
+        for peer in Peer::ALL {
+            let figures = match &w.kind {
+                // Idle connections do not speak: one wsrpc row is enough.
+                Kind::Idle(_) if peer == Peer::WsrpcMsgPack => continue,
+                Kind::Fanout(_) if peer.events().is_none() => continue,
+                kind => measure(peer, kind),
+            };
+            match &figures {
+                Ok(f) => println!("  {:<22} {}", peer.name(), summary(f)),
+                Err(e) => println!("  {:<22} FAILED: {e}", peer.name()),
+            }
+            rows.push((peer, figures));
+        }
+        results.push(Measured {
+            slug: w.slug,
+            title: w.title,
+            rows,
+        });
+    }
+    results
+}
+
+fn measure(peer: Peer, kind: &Kind) -> Result<Figures, String> {
+    let server = peer.start()?;
+    let pid = server.running.pid();
+    match kind {
+        Kind::Calls(load) => calls::run(&server.url, peer.codec(), *load, pid).map(Figures::Calls),
+        Kind::Fanout(load) => {
+            let style = peer.events().ok_or("no events")?;
+            fanout::run(&server.url, peer.codec(), style, *load, pid).map(Figures::Fanout)
+        }
+        Kind::Idle(n) => {
+            let (outcome, held) = idle::run(&server.url, *n, pid)?;
+            // The server goes first, so that the closed connections wait out TIME_WAIT
+            // on its listening port rather than taking up our ephemeral ports.
+            drop(server);
+            drop(held);
+            Ok(Figures::Idle(outcome))
+        }
+    }
+}
+
+fn summary(f: &Figures) -> String {
+    let n = report::number;
+    match f {
+        Figures::Calls(o) => format!(
+            "{} calls/s  p50 {} p99 {} p99.9 {} ms  {} calls/CPU-s  peak RSS {} MiB  {} B/call",
+            n(o.calls_per_second),
+            n(o.latency_ms[0]),
+            n(o.latency_ms[1]),
+            n(o.latency_ms[2]),
+            n(o.calls_per_cpu_second),
+            n(o.peak_rss_mib),
+            o.wire_bytes_per_call
+        ),
+        Figures::Fanout(o) => format!(
+            "{} events/s  p50 {} p99 {} p99.9 {} ms  {} events/CPU-s  peak RSS {} MiB",
+            n(o.delivered_per_second),
+            n(o.latency_ms[0]),
+            n(o.latency_ms[1]),
+            n(o.latency_ms[2]),
+            n(o.delivered_per_cpu_second),
+            n(o.peak_rss_mib),
+        ),
+        Figures::Idle(o) => format!(
+            "{} held, {} MiB per 1,000, still answering: {}",
+            o.held,
+            n(o.mib_per_1000),
+            o.answering
+        ),
+    }
+}
+
+/// Write `out/BENCHMARKS.md` and `out/benchmarks/SLUG.svg`; returns the report's path.
+pub fn write(
+    out: &Path,
+    results: &[Measured],
+    o: &Options,
+    command: &str,
+) -> std::io::Result<PathBuf> {
+    let charts = out.join("benchmarks");
+    std::fs::create_dir_all(&charts)?;
+    let machine = machine();
+    let mut md = String::from("# Benchmarks\n\n");
+    md.push_str(
+        "wsrpc and the servers people would otherwise pick, on the same workloads in the same \
+         run, over loopback. Made by `make bench` (bench/): edit that, not this file.\n\n\
+         Each figure is followed by its ratio to the best peer (wsrpc is not its own peer): \
+         for calls/s and events/s higher is better, for latency and memory lower is better. \
+         The load generator shares the machine's cores with the server, so compare ratios \
+         from one run, and calls per server CPU-second.\n\n",
+    );
+    let _ = writeln!(
+        md,
+        "- Command: `{command}`{}",
+        if o.quick {
+            " (quick mode: sizes and times cut for a smoke run; not figures to quote)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(md, "- Machine: {machine}");
+    let _ = writeln!(md, "- Versions: {}\n", versions());
+    md.push_str(&targets(results));
+    for m in results {
+        let _ = writeln!(md, "## {}\n", m.title);
+        let _ = writeln!(md, "![{}](benchmarks/{}.svg)\n", m.title, m.slug);
+        md.push_str(&report::table(m));
+        md.push('\n');
+        std::fs::write(
+            charts.join(format!("{}.svg", m.slug)),
+            report::chart(m, &machine),
+        )?;
+    }
+    md.push_str(METHOD);
+    let path = out.join("BENCHMARKS.md");
+    std::fs::write(&path, md)?;
+    Ok(path)
+}
+
+const METHOD: &str = "## How it is measured\n\n\
+- Servers run one at a time as child processes on 127.0.0.1; their CPU time \
+(user + system) and peak RSS come from /proc. wsrpc runs with its default \
+configuration but for the connection limits (raised to 100,000, as jsonrpsee's).\n\
+- Calls: `sum [id, 3]` requests; sequential means one call in flight per connection. \
+One second of warm-up, four of measurement. Latency is from send to reply.\n\
+- Fan-out: S subscribers of one event; a further connection makes `emit` calls, never \
+more than 16 events out at once (an event is out until every subscriber has it), so \
+the server emits as fast as backpressure allows. Latency is from the emit call's send \
+to each subscriber's receipt, on the generator's clock. jsonrpsee subscribers use its \
+own subscription methods; the bare server has no events.\n\
+- Idle: N connections opened after one another and held after the handshake; the \
+server's RSS growth once it stops changing, per 1,000 connections; then one more \
+connection must get `sum` answered.\n\
+- wsrpc (MessagePack) is the same server with clients that speak MessagePack.\n";
+
+/// The targets of issue 6, checked against this run (wsrpc in JSON).
+fn targets(results: &[Measured]) -> String {
+    let find = |slug: &str| results.iter().find(|m| m.slug == slug);
+    // wsrpc's figure of metric `i` in workload `slug`, and `peer`'s.
+    let pair = |slug: &str, i: usize, peer: Peer| {
+        let m = find(slug)?;
+        Some((m.value(Peer::WsrpcJson, i)?, m.value(peer, i)?))
+    };
+    let mut out = String::from("## Targets\n\n| target | measured | met |\n|---|---|:-:|\n");
+    let mut row = |target: String, measured: Option<String>, met: Option<bool>| {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        let measured = measured.unwrap_or_else(|| "not measured".into());
+        let _ = writeln!(out, "| {target} | {measured} | {met} |");
+    };
+    // (workload, metric, peer, factor, higher is better, what)
+    let ratios = [
+        (
+            "sequential-c16",
+            0,
+            Peer::RpcWebsockets,
+            1.8,
+            true,
+            "16 connections, sequential: calls/s",
+        ),
+        (
+            "sequential-c16",
+            0,
+            Peer::Jsonrpsee,
+            1.3,
+            true,
+            "16 connections, sequential: calls/s",
+        ),
+        (
+            "sequential-c16",
+            0,
+            Peer::Bare,
+            0.9,
+            true,
+            "16 connections, sequential: calls/s",
+        ),
+        (
+            "pipelined-c16-k32",
+            4,
+            Peer::RpcWebsockets,
+            2.0,
+            true,
+            "16 connections, K = 32: calls per server CPU-s",
+        ),
+        (
+            "pipelined-c16-k32",
+            4,
+            Peer::Jsonrpsee,
+            2.0,
+            true,
+            "16 connections, K = 32: calls per server CPU-s",
+        ),
+        (
+            "sequential-c512",
+            2,
+            Peer::RpcWebsockets,
+            1.0,
+            false,
+            "512 connections: p99 latency",
+        ),
+        (
+            "sequential-c512",
+            0,
+            Peer::RpcWebsockets,
+            1.3,
+            true,
+            "512 connections: calls/s",
+        ),
+        (
+            "fanout-s1000",
+            0,
+            Peer::RpcWebsockets,
+            5.0,
+            true,
+            "fan-out to 1,000: events/s delivered",
+        ),
+        (
+            "fanout-s1000",
+            2,
+            Peer::RpcWebsockets,
+            1.0,
+            false,
+            "fan-out to 1,000: p99 latency",
+        ),
+    ];
+    for (slug, i, peer, factor, higher, what) in ratios {
+        let bound = if higher { "at least" } else { "at most" };
+        let target = format!("{what} {bound} {factor}x {}'s", peer.name());
+        let found = pair(slug, i, peer).filter(|(_, theirs)| *theirs > 0.0);
+        let measured = found.map(|(ours, theirs)| {
+            format!(
+                "{:.2}x ({} vs {})",
+                ours / theirs,
+                report::number(ours),
+                report::number(theirs)
+            )
+        });
+        let met = found.map(|(ours, theirs)| {
+            if higher {
+                ours / theirs >= factor
+            } else {
+                ours / theirs <= factor
+            }
+        });
+        row(target, measured, met);
+    }
+    for (slug, n) in [("idle-n1000", "1,000"), ("idle-n10000", "10,000")] {
+        let mib = find(slug).and_then(|m| m.value(Peer::WsrpcJson, 1));
+        row(
+            format!("{n} idle connections: at most 16 MiB of server RSS per 1,000"),
+            mib.map(|v| format!("{} MiB", report::number(v))),
+            mib.map(|v| v <= 16.0),
+        );
+    }
+    let held = find("idle-n10000").and_then(|m| {
+        m.rows.iter().find_map(|(p, r)| match r {
+            Ok(Figures::Idle(o)) if *p == Peer::WsrpcJson => Some(o.clone()),
+            _ => None,
+        })
+    });
+    row(
+        "10,000 connections held and still answering".into(),
+        held.as_ref()
+            .map(|o| format!("{} held, answering: {}", o.held, o.answering)),
+        held.map(|o| o.held == 10_000 && o.answering),
+    );
+    out.push('\n');
+    out
+}
+
+/// CPU model, cores, memory and kernel, from /proc.
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = read("/proc/sys/kernel/osrelease");
+    format!(
+        "{model}, {cores} cores, {mem_gib:.0} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+/// The versions of everything measured: the Rust crates from Cargo.lock, the npm
+/// package from its installed package.json, and the toolchains.
+fn versions() -> String {
+    let root = crate::repo_root();
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    let crate_version = |name: &str| {
+        let header = format!("name = \"{name}\"\nversion = \"");
+        lock.split_once(&header)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or("?".to_owned(), |(v, _)| v.to_owned())
+    };
+    let npm =
+        std::fs::read_to_string(root.join("interop/node_modules/rpc-websockets/package.json"))
+            .ok()
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+            .and_then(|p| p["version"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "?".into());
+    let tool = |cmd: &str, arg: &str| {
+        std::process::Command::new(cmd)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "wsrpc {}, tungstenite {}, rpc-websockets {npm} on Node {}, jsonrpsee {} on tokio {}; {}",
+        crate_version("wsrpc"),
+        crate_version("tungstenite"),
+        tool("node", "--version"),
+        crate_version("jsonrpsee"),
+        crate_version("tokio"),
+        tool("rustc", "--version"),
+    )
+}

@@ -1,0 +1,160 @@
+//! The load generator's side of the wire: blocking tungstenite clients, requests in
+//! either codec, replies and events decoded, and the server's figures from /proc.
+
+use std::net::TcpStream;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::{Message, WebSocket};
+
+/// How frames are encoded: JSON text or MessagePack binary (PROTOCOL.md).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Codec {
+    Json,
+    MsgPack,
+}
+
+pub type Ws = WebSocket<TcpStream>;
+
+/// A WebSocket client connection on a plain TCP stream (loopback only).
+pub fn connect(url: &str) -> Result<Ws, String> {
+    let addr = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("not a ws:// URL: {url}"))?;
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    // A server that never answers the handshake fails the run rather than hanging it.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let (ws, _) = tungstenite::client(url, stream).map_err(|e| format!("handshake: {e}"))?;
+    let _ = ws.get_ref().set_read_timeout(None);
+    Ok(ws)
+}
+
+/// A JSON-RPC request in `codec`.
+pub fn request(codec: Codec, method: &str, params: Value, id: u64) -> Message {
+    let call = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+    match codec {
+        Codec::Json => Message::Text(call.to_string().into()),
+        Codec::MsgPack => Message::Binary(
+            rmp_serde::to_vec_named(&call)
+                .expect("a JSON value encodes")
+                .into(),
+        ),
+    }
+}
+
+/// A reply or event frame as a JSON value (MessagePack decoded); control frames are `None`.
+pub fn decode(message: &Message) -> Option<Value> {
+    match message {
+        Message::Text(text) => serde_json::from_str(text).ok(),
+        Message::Binary(bytes) => rmp_serde::from_slice(bytes).ok(),
+        _ => None,
+    }
+}
+
+/// Read the next data frame (text or binary).
+pub fn read_data(ws: &mut Ws) -> Result<Message, tungstenite::Error> {
+    loop {
+        match ws.read()? {
+            m @ (Message::Text(_) | Message::Binary(_)) => return Ok(m),
+            _ => continue,
+        }
+    }
+}
+
+/// A request's reply: its result, or why there is none.
+pub fn call(ws: &mut Ws, codec: Codec, method: &str, params: Value) -> Result<Value, String> {
+    ws.send(request(codec, method, params, 1))
+        .map_err(|e| format!("send {method}: {e}"))?;
+    let reply = read_data(ws).map_err(|e| format!("read {method} reply: {e}"))?;
+    let reply = decode(&reply).ok_or_else(|| format!("{method}: undecodable reply"))?;
+    match reply.get("result") {
+        Some(result) => Ok(result.clone()),
+        None => Err(format!("{method}: {reply}")),
+    }
+}
+
+/// A WebSocket frame's size on the wire for `payload` bytes (clients add a 4-byte mask).
+pub fn frame_size(payload: usize, masked: bool) -> usize {
+    let header = match payload {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    header + payload + if masked { 4 } else { 0 }
+}
+
+/// Microseconds since this process's first call: the clock of event timestamps.
+pub fn now_us() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// The server's CPU time so far (user + system, seconds) from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((user + system) as f64 / 100.0)
+}
+
+/// A memory figure of the server from /proc/PID/status, in KiB (`VmRSS:`, `VmHWM:`).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Latency percentiles (p50, p99, p99.9) in milliseconds of samples in microseconds.
+pub fn percentiles(samples: &mut [u32]) -> [f64; 3] {
+    samples.sort_unstable();
+    let at = |p: f64| {
+        let last = samples.len().saturating_sub(1);
+        let i = ((samples.len() as f64 * p) as usize).min(last);
+        samples
+            .get(i)
+            .map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
+    };
+    [at(0.5), at(0.99), at(0.999)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_ranked_sample() {
+        let mut samples: Vec<u32> = (1..=1000).rev().map(|ms| ms * 1000).collect();
+        assert_eq!(percentiles(&mut samples), [501.0, 991.0, 1000.0]);
+        assert!(percentiles(&mut []).iter().all(|p| p.is_nan()));
+    }
+
+    #[test]
+    fn frames_are_sized_as_rfc_6455_says() {
+        assert_eq!(frame_size(125, false), 127);
+        assert_eq!(frame_size(126, true), 134);
+        assert_eq!(frame_size(70_000, false), 70_010);
+    }
+
+    #[test]
+    fn both_codecs_decode_to_the_same_value() {
+        let params = json!([1, 2]);
+        let text = request(Codec::Json, "sum", params.clone(), 7);
+        let binary = request(Codec::MsgPack, "sum", params, 7);
+        assert!(binary.is_binary());
+        assert_eq!(decode(&text), decode(&binary));
+        assert_eq!(decode(&text).unwrap()["id"], 7);
+    }
+
+    #[test]
+    fn this_process_has_proc_figures() {
+        let me = std::process::id();
+        assert!(cpu_seconds(me).is_some());
+        assert!(status_kib(me, "VmRSS:").unwrap() > 0);
+    }
+}
