@@ -108,11 +108,16 @@ pub(crate) struct Sink {
     stream: Socket,
     /// A write waited past the write timeout: the peer has stopped reading.
     stalled: AtomicBool,
+    /// `Writer::held` has frames (read without the lock before each socket read).
+    holding: AtomicBool,
     writer: Mutex<Writer>,
 }
 
 struct Writer {
     ctx: WebSocketContext,
+    /// Encoded frames not yet written: replies held back while the reader still has
+    /// requests in its buffer, so that pipelined calls are answered in one write.
+    held: Vec<u8>,
     role: Role,
     config: WebSocketConfig,
     /// A close frame was seen or queued: no more data frames (RFC 6455, 5.5.1).
@@ -128,8 +133,10 @@ impl Sink {
         Sink {
             stream,
             stalled: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 ctx: WebSocketContext::new(role, Some(config)),
+                held: Vec::new(),
                 role,
                 config,
                 closing: false,
@@ -145,6 +152,7 @@ impl Sink {
             return Err(tungstenite::Error::AlreadyClosed);
         }
         let large = message.len() > LARGE_FRAME;
+        self.write_held(&mut w)?;
         let mut stream = &self.stream;
         let written = w
             .ctx
@@ -162,6 +170,59 @@ impl Sink {
             w.ctx = WebSocketContext::new(w.role, Some(w.config));
         }
         Ok(())
+    }
+
+    /// Send one message with the next write or socket read of this connection, rather
+    /// than now: the connection's reader calls this for replies, and writes them all
+    /// before it next waits for data ([`ConnStream`]'s read), or with [`Sink::flush`].
+    pub(crate) fn send_later(&self, message: Message) -> Result<(), tungstenite::Error> {
+        let mut w = lock(&self.writer);
+        if w.closing {
+            return Err(tungstenite::Error::AlreadyClosed);
+        }
+        let large = message.len() > LARGE_FRAME;
+        let Writer { ctx, held, .. } = &mut *w;
+        ctx.write(&mut Held(held), message)?;
+        if large {
+            w.ctx = WebSocketContext::new(w.role, Some(w.config));
+        }
+        self.holding.store(true, Ordering::Release);
+        if w.held.len() >= HOLD_AT_MOST {
+            self.write_held(&mut w)?;
+        }
+        Ok(())
+    }
+
+    /// Write what [`Sink::send_later`] held back.
+    pub(crate) fn flush(&self) -> Result<(), tungstenite::Error> {
+        if !self.holding.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.write_held(&mut lock(&self.writer))
+    }
+
+    fn write_held(&self, w: &mut Writer) -> Result<(), tungstenite::Error> {
+        if w.held.is_empty() {
+            return Ok(());
+        }
+        self.holding.store(false, Ordering::Release);
+        let written = (&self.stream)
+            .write_all(&w.held)
+            .and_then(|()| (&self.stream).flush());
+        if w.held.capacity() > HOLD_AT_MOST {
+            w.held = Vec::new();
+        } else {
+            w.held.clear();
+        }
+        written.map_err(|e| {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                self.stall();
+            }
+            tungstenite::Error::Io(e)
+        })
     }
 
     /// Start the close handshake with `code` and `reason` (once; later calls do nothing).
@@ -190,6 +251,8 @@ impl Sink {
         if w.close_sent {
             return Ok(());
         }
+        // Replies held back go out before the close frame (or not at all).
+        let _ = self.write_held(w);
         w.closing = true;
         w.close_sent = true;
         let frame = CloseFrame {
@@ -211,6 +274,7 @@ impl Sink {
         if w.close_sent {
             return Ok(());
         }
+        self.write_held(&mut w).map_err(io::Error::other)?;
         (&self.stream).write_all(bytes).inspect_err(|e| {
             if matches!(
                 e.kind(),
@@ -255,6 +319,31 @@ fn truncate_reason(reason: &str) -> String {
 
 /// Frames larger than this do not keep their buffer once sent.
 const LARGE_FRAME: usize = 64 << 10;
+
+/// The held-back frames as a stream tungstenite can write frames to (it asks for
+/// `Read` too, which it does not use for writing).
+struct Held<'a>(&'a mut Vec<u8>);
+
+impl Read for Held<'_> {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Ok(0)
+    }
+}
+
+impl Write for Held<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Held-back replies are written once they reach this size, whatever the reader has
+/// left to do; a buffer grown past it is not kept.
+const HOLD_AT_MOST: usize = 16 << 10;
 
 /// Keep-alive settings of one side: ping a silent peer, give up on one silent too long.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -353,6 +442,11 @@ impl ConnStream {
 
 impl Read for ConnStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // The reader is out of whole frames: replies held back go out before it waits.
+        self.sink.flush().map_err(|e| match e {
+            tungstenite::Error::Io(e) => e,
+            other => io::Error::other(other),
+        })?;
         let n = self.sink.stream.read_before(buf, self.deadline)?;
         if n > 0 {
             self.heard = Instant::now();

@@ -475,6 +475,35 @@ fn slow_call_delays_neither_later_calls_on_its_connection_nor_other_connections(
     finish(server, vec![raw, other]);
 }
 
+#[test]
+fn pipelined_calls_are_answered_in_order_while_the_next_frame_is_still_arriving() {
+    // Replies to requests read together are written together, once the reader runs
+    // out of whole frames: here it then waits for the rest of a frame, and the 50
+    // replies must not wait with it.
+    let server = server();
+    let mut wire = common::Wire::connect(&server, "/");
+    let frame = |id: u64| {
+        let call = json!({"jsonrpc": "2.0", "method": "sum", "params": [id, 1], "id": id});
+        common::ws_frame(common::OP_TEXT, true, call.to_string().as_bytes())
+    };
+    let mut burst: Vec<u8> = (1..=50).flat_map(frame).collect();
+    let last = frame(51);
+    let (head, tail) = last.split_at(last.len() / 2);
+    burst.extend_from_slice(head);
+    wire.send(&burst).unwrap();
+    let answer = |wire: &mut common::Wire| {
+        let reply = wire.read_frame().expect("a reply before the deadline");
+        serde_json::from_slice::<Value>(&reply.payload).unwrap()
+    };
+    for id in 1..=50u64 {
+        let reply = answer(&mut wire);
+        assert_eq!(reply, json!({"jsonrpc": "2.0", "result": id + 1, "id": id}));
+    }
+    wire.send(tail).unwrap();
+    assert_eq!(answer(&mut wire)["id"], 51);
+    server.close();
+}
+
 // A client that never reads while events pile up: tests/hostile.rs,
 // client_that_never_reads_large_events_is_dropped_with_1008.
 

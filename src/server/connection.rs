@@ -386,7 +386,14 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
         }
         match conn.unpark() {
             Some(back) => reader = back,
-            None => return,
+            None => {
+                // Another thread reads for this connection now: this reply goes out
+                // at once rather than at this thread's next read.
+                if let Err(e) = conn.sink.flush() {
+                    log::debug!("reply to {} not sent: {e}", conn.session.socket_id);
+                }
+                return;
+            }
         }
     };
     finish(&server, &conn, peer_close, error);
@@ -395,7 +402,7 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
 fn send_reply(conn: &Conn, codec: Codec, reply: Vec<u8>) {
     match message(codec, reply) {
         Ok(frame) => {
-            if let Err(e) = conn.sink.send(frame) {
+            if let Err(e) = conn.sink.send_later(frame) {
                 log::debug!("reply to {} not sent: {e}", conn.session.socket_id);
             }
         }
