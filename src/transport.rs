@@ -147,29 +147,17 @@ impl Sink {
 
     /// Send one message; after a close frame it is dropped and `AlreadyClosed` returned.
     pub(crate) fn send(&self, message: Message) -> Result<(), tungstenite::Error> {
+        self.send_all([message])
+    }
+
+    /// Send messages in one write (with any replies held back before them).
+    pub(crate) fn send_all(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<(), tungstenite::Error> {
         let mut w = lock(&self.writer);
-        if w.closing {
-            return Err(tungstenite::Error::AlreadyClosed);
-        }
-        let large = message.len() > LARGE_FRAME;
-        self.write_held(&mut w)?;
-        let mut stream = &self.stream;
-        let written = w
-            .ctx
-            .write(&mut stream, message)
-            .and_then(|()| w.ctx.flush(&mut stream));
-        if let Err(e) = written {
-            if is_timeout(&e) {
-                self.stall();
-            }
-            return Err(e);
-        }
-        if large {
-            // The context keeps its output buffer at its largest size; an idle
-            // connection should not hold on to the biggest frame it ever sent.
-            w.ctx = WebSocketContext::new(w.role, Some(w.config));
-        }
-        Ok(())
+        self.hold(&mut w, messages)?;
+        self.write_held(&mut w)
     }
 
     /// Send one message with the next write or socket read of this connection, rather
@@ -177,19 +165,32 @@ impl Sink {
     /// before it next waits for data ([`ConnStream`]'s read), or with [`Sink::flush`].
     pub(crate) fn send_later(&self, message: Message) -> Result<(), tungstenite::Error> {
         let mut w = lock(&self.writer);
-        if w.closing {
-            return Err(tungstenite::Error::AlreadyClosed);
-        }
-        let large = message.len() > LARGE_FRAME;
-        let Writer { ctx, held, .. } = &mut *w;
-        ctx.write(&mut Held(held), message)?;
-        if large {
-            w.ctx = WebSocketContext::new(w.role, Some(w.config));
-        }
-        self.holding.store(true, Ordering::Release);
+        self.hold(&mut w, [message])?;
         if w.held.len() >= HOLD_AT_MOST {
             self.write_held(&mut w)?;
         }
+        Ok(())
+    }
+
+    /// Encode frames into the held-back bytes.
+    fn hold(
+        &self,
+        w: &mut Writer,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<(), tungstenite::Error> {
+        if w.closing {
+            return Err(tungstenite::Error::AlreadyClosed);
+        }
+        for message in messages {
+            let large = message.len() > LARGE_FRAME;
+            w.ctx.write(&mut Held(&mut w.held), message)?;
+            if large {
+                // The context keeps its output buffer at its largest size; an idle
+                // connection should not hold on to the biggest frame it ever sent.
+                w.ctx = WebSocketContext::new(w.role, Some(w.config));
+            }
+        }
+        self.holding.store(true, Ordering::Release);
         Ok(())
     }
 

@@ -504,6 +504,30 @@ fn pipelined_calls_are_answered_in_order_while_the_next_frame_is_still_arriving(
     server.close();
 }
 
+#[test]
+fn a_burst_of_events_arrives_whole_and_in_order_before_the_close() {
+    // Queued events are written several at a time; the close queued behind them
+    // still comes last.
+    let server = server();
+    let mut raw = connect(&server, "/");
+    assert_eq!(
+        raw.call("rpc.on", json!(["newsUpdate"]))["result"]["newsUpdate"],
+        "ok"
+    );
+    for n in 0..300 {
+        server.emit("newsUpdate", json!({"n": n})).unwrap();
+    }
+    let closing = thread::spawn(move || server.close());
+    for n in 0..300 {
+        assert_eq!(
+            raw.recv(),
+            json!({"notification": "newsUpdate", "params": {"n": n}})
+        );
+    }
+    assert_eq!(raw.recv_close().0, 1001);
+    closing.join().unwrap();
+}
+
 // A client that never reads while events pile up: tests/hostile.rs,
 // client_that_never_reads_large_events_is_dropped_with_1008.
 

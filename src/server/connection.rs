@@ -32,6 +32,8 @@ pub(super) type Reader = WebSocket<ConnStream>;
 
 /// How long a writer thread waits for more frames before it ends.
 const WRITER_IDLE: Duration = Duration::from_secs(5);
+/// Queued frames a writer thread sends in one write, at most.
+const WRITE_AT_ONCE: usize = 64;
 /// Writer threads only encode frame headers and write.
 const WRITER_STACK: usize = 64 << 10;
 /// How long an ended connection waits for its writer thread to stop.
@@ -72,7 +74,7 @@ pub(crate) struct Conn {
     /// Why the server dropped the connection, if it did.
     dropped_for: Mutex<Option<(u16, String)>>,
     /// A frame the writer took but could not send (the connection had ended).
-    unsent: Mutex<Option<Message>>,
+    unsent: Mutex<Vec<Message>>,
     /// Signalled when a writer thread ends.
     writer_gone: (Mutex<()>, Condvar),
     /// The token of the parked session this connection resumes.
@@ -109,7 +111,7 @@ impl Conn {
             in_flight: AtomicUsize::new(0),
             at_call_limit: AtomicBool::new(false),
             dropped_for: Mutex::new(None),
-            unsent: Mutex::new(None),
+            unsent: Mutex::new(Vec::new()),
             writer_gone: (Mutex::new(()), Condvar::new()),
             resumes: None,
             slot: Mutex::new(None),
@@ -119,7 +121,7 @@ impl Conn {
 
     /// The frames queued for this (ended) connection that its writer did not take.
     pub(crate) fn take_unsent(&self) -> Vec<Message> {
-        let mut unsent: Vec<Message> = lock(&self.unsent).take().into_iter().collect();
+        let mut unsent = std::mem::take(&mut *lock(&self.unsent));
         while let Ok(item) = self.inbox.try_recv() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             if let Outgoing::Frame(message) = item {
@@ -193,12 +195,34 @@ impl Conn {
             }
             match next {
                 Ok(Outgoing::Frame(message)) => {
-                    // A frame that cannot go out is handed back for a parked session.
-                    if self.finished.load(Ordering::SeqCst)
-                        || self.sink.send(message.clone()).is_err()
+                    // The frames queued behind it go out in the same write.
+                    let mut frames = vec![message];
+                    let mut after = None;
+                    while frames.len() < WRITE_AT_ONCE
+                        && let Ok(item) = self.inbox.try_recv()
                     {
-                        *lock(&self.unsent) = Some(message);
+                        self.queued.fetch_sub(1, Ordering::SeqCst);
+                        match item {
+                            Outgoing::Frame(message) => frames.push(message),
+                            other => {
+                                after = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    // Frames that cannot go out are handed back for a parked session.
+                    if self.finished.load(Ordering::SeqCst)
+                        || self.sink.send_all(frames.iter().cloned()).is_err()
+                    {
+                        *lock(&self.unsent) = frames;
                         return true;
+                    }
+                    match after {
+                        Some(Outgoing::Close(code, reason)) => {
+                            let _ = self.sink.close(code, &reason);
+                        }
+                        Some(Outgoing::Stop) => return true,
+                        _ => {}
                     }
                 }
                 Ok(Outgoing::Close(code, reason)) => {
