@@ -28,7 +28,9 @@ use crate::lock;
 use crate::protocol::Codec;
 use crate::transport::{ConnStream, Idle, Sink, close_info, is_timeout, message};
 
-pub(super) type Reader = WebSocket<ConnStream>;
+/// The reading half of a connection. Always boxed: it moves between threads and
+/// slots, and an idle connection's thread should keep its stack to two pages.
+pub(super) type Reader = Box<WebSocket<ConnStream>>;
 
 /// How long a writer thread waits for more frames before it ends.
 const WRITER_IDLE: Duration = Duration::from_secs(5);
@@ -294,7 +296,7 @@ impl Conn {
             self.session.socket_id
         );
         if let Err(reader) = read_on_new_thread(server, self.clone(), reader) {
-            *slot = Some(*reader);
+            *slot = Some(reader);
         }
     }
 
@@ -340,19 +342,19 @@ pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     // in a fresh thread, so an idle connection keeps only the stack pages its read loop
     // touched (12 KiB rather than 20). Without a new thread it goes on here.
     if let Err(reader) = read_on_new_thread(&server, conn.clone(), reader) {
-        read_loop(server, conn, *reader);
+        read_loop(server, conn, reader);
     }
 }
 
 /// Run the read loop of `conn` on a new thread; if none can be started, the reader
-/// comes back. It travels boxed: the new thread's first frame stays small.
-fn read_on_new_thread(server: &Server, conn: Arc<Conn>, reader: Reader) -> Result<(), Box<Reader>> {
+/// comes back.
+fn read_on_new_thread(server: &Server, conn: Arc<Conn>, reader: Reader) -> Result<(), Reader> {
     // Through a shared slot, so that a failed spawn can hand the reader back.
-    let carrier = Arc::new(Mutex::new(Some(Box::new(reader))));
+    let carrier = Arc::new(Mutex::new(Some(reader)));
     let (srv, handed) = (server.clone(), carrier.clone());
     let spawned = server.spawn("wsrpc-conn", server.config().stack_size, move || {
         if let Some(reader) = lock(&handed).take() {
-            read_loop(srv, conn, *reader);
+            read_loop(srv, conn, reader);
         }
     });
     spawned.map_err(|e| {
@@ -398,16 +400,8 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
             }
             _ => continue,
         };
-        // Replies use the codec of the request; the first request also settles the
-        // connection's codec for events, unless the handshake declared it.
-        let codec = Codec::of_frame(binary, payload);
-        conn.settle_codec(codec);
-        let table = view.current(server.registry(), &conn.session.namespace);
         conn.park(&server, reader);
-        let reply = calls::handle_frame(&server, &conn.session, table, codec, payload);
-        if let Some(reply) = reply {
-            send_reply(&conn, codec, reply);
-        }
+        answer(&server, &conn, &mut view, binary, payload);
         match conn.unpark() {
             Some(back) => reader = back,
             None => {
@@ -423,6 +417,20 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
     finish(&server, &conn, peer_close, error);
 }
 
+/// Answer one request frame. Out of line: what handlers put on the stack stays out
+/// of the read loop's own frame, the one an idle connection keeps resident.
+#[inline(never)]
+fn answer(server: &Server, conn: &Conn, view: &mut View, binary: bool, payload: &[u8]) {
+    // Replies use the codec of the request; the first request also settles the
+    // connection's codec for events, unless the handshake declared it.
+    let codec = Codec::of_frame(binary, payload);
+    conn.settle_codec(codec);
+    let table = view.current(server.registry(), &conn.session.namespace);
+    if let Some(reply) = calls::handle_frame(server, &conn.session, table, codec, payload) {
+        send_reply(conn, codec, reply);
+    }
+}
+
 fn send_reply(conn: &Conn, codec: Codec, reply: Vec<u8>) {
     match message(codec, reply) {
         Ok(frame) => {
@@ -436,6 +444,7 @@ fn send_reply(conn: &Conn, codec: Codec, reply: Vec<u8>) {
 
 /// The connection is over: answer protocol errors with a close frame, tell the
 /// dispatcher, and report how it ended.
+#[inline(never)]
 fn finish(
     server: &Server,
     conn: &Arc<Conn>,

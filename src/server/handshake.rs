@@ -111,7 +111,7 @@ pub(super) fn open(
     }
     let mut conn = Conn::new(state, sink, config.outgoing_queue, declared);
     conn.resumes = resumes;
-    Some((Arc::new(conn), reader, info))
+    Some((Arc::new(conn), Box::new(reader), info))
 }
 
 /// The session of a new connection: the one its token resumes (its socket id then
