@@ -448,7 +448,15 @@ impl Read for ConnStream {
             tungstenite::Error::Io(e) => e,
             other => io::Error::other(other),
         })?;
-        let n = self.sink.stream.read_before(buf, self.deadline)?;
+        let n = loop {
+            // A signal delivered to this thread (a debugger, a profiler, the
+            // application's own) interrupts the wait; it is no reason to end the
+            // connection.
+            match self.sink.stream.read_before(buf, self.deadline) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                read => break read?,
+            }
+        };
         if n > 0 {
             self.heard = Instant::now();
         }
