@@ -162,7 +162,8 @@ impl Sink {
 
     /// Send one message with the next write or socket read of this connection, rather
     /// than now: the connection's reader calls this for replies, and writes them all
-    /// before it next waits for data ([`ConnStream`]'s read), or with [`Sink::flush`].
+    /// before its next socket read ([`ConnStream`]'s read: it has no whole frame left),
+    /// or with [`Sink::flush`] (another thread reads now, or a handler runs long).
     pub(crate) fn send_later(&self, message: Message) -> Result<(), tungstenite::Error> {
         let mut w = lock(&self.writer);
         self.hold(&mut w, [message])?;
@@ -194,6 +195,11 @@ impl Sink {
         Ok(())
     }
 
+    /// Whether replies are held back (a hint: [`Sink::flush`] looks again).
+    pub(crate) fn is_holding(&self) -> bool {
+        self.holding.load(Ordering::Acquire)
+    }
+
     /// Write what [`Sink::send_later`] held back.
     pub(crate) fn flush(&self) -> Result<(), tungstenite::Error> {
         if !self.holding.load(Ordering::Acquire) {
@@ -210,18 +216,14 @@ impl Sink {
         let written = (&self.stream)
             .write_all(&w.held)
             .and_then(|()| (&self.stream).flush());
-        if w.held.capacity() > HOLD_AT_MOST {
+        if w.held.capacity() > HELD_KEPT {
+            // An idle connection should not keep the largest batch it ever sent.
             w.held = Vec::new();
         } else {
             w.held.clear();
         }
         written.map_err(|e| {
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
-                self.stall();
-            }
+            self.stall_on_timeout(&e);
             tungstenite::Error::Io(e)
         })
     }
@@ -276,20 +278,25 @@ impl Sink {
             return Ok(());
         }
         self.write_held(&mut w).map_err(io::Error::other)?;
-        (&self.stream).write_all(bytes).inspect_err(|e| {
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
-                self.stall();
-            }
-        })?;
+        (&self.stream)
+            .write_all(bytes)
+            .inspect_err(|e| self.stall_on_timeout(e))?;
         // After the peer's close frame the reader writes only its close reply: that
         // was our close frame, and nothing may follow it.
         if w.closing {
             w.close_sent = true;
         }
         Ok(())
+    }
+
+    /// A write that timed out means the peer stopped reading: [`Sink::stall`].
+    fn stall_on_timeout(&self, e: &io::Error) {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            self.stall();
+        }
     }
 
     /// The peer stopped reading: a write has waited past its timeout. The connection
@@ -343,8 +350,11 @@ impl Write for Held<'_> {
 }
 
 /// Held-back replies are written once they reach this size, whatever the reader has
-/// left to do; a buffer grown past it is not kept.
+/// left to do.
 const HOLD_AT_MOST: usize = 16 << 10;
+
+/// The buffer of held-back frames is kept between writes up to this capacity.
+const HELD_KEPT: usize = 1 << 10;
 
 /// Keep-alive settings of one side: ping a silent peer, give up on one silent too long.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -505,6 +505,39 @@ fn pipelined_calls_are_answered_in_order_while_the_next_frame_is_still_arriving(
 }
 
 #[test]
+fn a_reply_held_for_batching_does_not_wait_for_a_slow_call_read_with_it() {
+    // sum and sleep arrive in one write: sum's reply is held while sleep runs, but
+    // goes out long before sleep ends, even with no second reader thread to send it
+    // (one call in flight per connection).
+    let mut config = quick();
+    config.max_calls_in_flight = 1;
+    let server = common::start_with(Server::builder().config(config));
+    let mut wire = common::Wire::connect(&server, "/");
+    let call = |method: &str, params: Value, id: u64| {
+        let call = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        common::ws_frame(common::OP_TEXT, true, call.to_string().as_bytes())
+    };
+    let started = Instant::now();
+    let mut both = call("sum", json!([2, 3]), 1);
+    both.extend(call("sleep", json!([3000]), 2));
+    wire.send(&both).unwrap();
+    let reply = wire.read_frame().expect("the sum's reply");
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply, json!({"jsonrpc": "2.0", "result": 5, "id": 1}));
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the sum's reply waited {waited:?}"
+    );
+    let reply = wire.read_frame().expect("the sleep's reply");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply.payload).unwrap()["id"],
+        2
+    );
+    server.close();
+}
+
+#[test]
 fn a_burst_of_events_arrives_whole_and_in_order_before_the_close() {
     // Queued events are written several at a time; the close queued behind them
     // still comes last.

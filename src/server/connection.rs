@@ -34,8 +34,10 @@ pub(super) type Reader = Box<WebSocket<ConnStream>>;
 
 /// How long a writer thread waits for more frames before it ends.
 const WRITER_IDLE: Duration = Duration::from_secs(5);
-/// Queued frames a writer thread sends in one write, at most.
+/// Queued frames a writer thread sends in one write, at most: 64, or as many as
+/// reach 16 KiB (each subscriber's batch is a copy of the shared event frames).
 const WRITE_AT_ONCE: usize = 64;
+const WRITE_BYTES_AT_ONCE: usize = 16 << 10;
 /// Writer threads only encode frame headers and write.
 const WRITER_STACK: usize = 64 << 10;
 /// How long an ended connection waits for its writer thread to stop.
@@ -45,6 +47,8 @@ const WRITER_STOP: Duration = Duration::from_secs(1);
 pub(crate) enum Outgoing {
     Frame(Message),
     Close(u16, String),
+    /// Write the replies the reader holds back (it is busy in a handler).
+    Flush,
     /// The connection ended: the writer may stop.
     Stop,
 }
@@ -75,7 +79,7 @@ pub(crate) struct Conn {
     at_call_limit: AtomicBool,
     /// Why the server dropped the connection, if it did.
     dropped_for: Mutex<Option<(u16, String)>>,
-    /// A frame the writer took but could not send (the connection had ended).
+    /// Frames the writer took but could not send (the connection had ended).
     unsent: Mutex<Vec<Message>>,
     /// Signalled when a writer thread ends.
     writer_gone: (Mutex<()>, Condvar),
@@ -198,25 +202,31 @@ impl Conn {
             match next {
                 Ok(Outgoing::Frame(message)) => {
                     // The frames queued behind it go out in the same write.
+                    let mut bytes = message.len();
                     let mut frames = vec![message];
                     let mut after = None;
                     while frames.len() < WRITE_AT_ONCE
+                        && bytes < WRITE_BYTES_AT_ONCE
                         && let Ok(item) = self.inbox.try_recv()
                     {
                         self.queued.fetch_sub(1, Ordering::SeqCst);
                         match item {
-                            Outgoing::Frame(message) => frames.push(message),
+                            Outgoing::Frame(message) => {
+                                bytes += message.len();
+                                frames.push(message);
+                            }
                             other => {
                                 after = Some(other);
                                 break;
                             }
                         }
                     }
-                    // Frames that cannot go out are handed back for a parked session.
+                    // Frames that cannot go out are handed back for a parked session
+                    // (all of them: some may reach the client twice, none is lost).
                     if self.finished.load(Ordering::SeqCst)
                         || self.sink.send_all(frames.iter().cloned()).is_err()
                     {
-                        *lock(&self.unsent) = frames;
+                        lock(&self.unsent).extend(frames);
                         return true;
                     }
                     match after {
@@ -229,6 +239,9 @@ impl Conn {
                 }
                 Ok(Outgoing::Close(code, reason)) => {
                     let _ = self.sink.close(code, &reason);
+                }
+                Ok(Outgoing::Flush) => {
+                    let _ = self.sink.flush();
                 }
                 Ok(Outgoing::Stop) => return true,
                 Err(_) => {
@@ -244,6 +257,14 @@ impl Conn {
             if self.finished.load(Ordering::SeqCst) {
                 return true;
             }
+        }
+    }
+
+    /// A handler is running: have the writer send the replies held back before it
+    /// (answers to earlier requests of the same read), rather than let them wait for it.
+    pub(crate) fn flush_soon(self: &Arc<Self>, server: &Server) {
+        if self.sink.is_holding() {
+            self.push(server, Outgoing::Flush);
         }
     }
 
@@ -319,7 +340,8 @@ impl Conn {
     }
 }
 
-/// Serve one accepted TCP connection on the calling thread until it ends.
+/// Serve one accepted TCP connection: its handshake on the calling thread, then its
+/// read loop on a new one (or on this one if no thread can be started).
 pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     let key = server.next_key();
     if !server.handshake_started(key, &stream) {
@@ -340,7 +362,8 @@ pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     server.hooks().connection(&info);
     // The handshake parses HTTP deep in this thread's stack. The connection lives on
     // in a fresh thread, so an idle connection keeps only the stack pages its read loop
-    // touched (12 KiB rather than 20). Without a new thread it goes on here.
+    // touched (two: see `Reader`), not the handshake's five. Without a new thread it
+    // goes on here.
     if let Err(reader) = read_on_new_thread(&server, conn.clone(), reader) {
         read_loop(server, conn, reader);
     }

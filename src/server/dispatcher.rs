@@ -339,6 +339,7 @@ impl Dispatcher {
                 continue;
             }
             busy = true;
+            conn.flush_soon(&self.server);
             if conn.same_handler_as_last_scan() {
                 conn.hand_off(&self.server);
             }
