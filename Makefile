@@ -38,7 +38,8 @@ interop: interop-deps
 	$(CARGO) test --all-features --test interop_js_server -- --include-ignored
 
 # wsrpc against rpc-websockets (Node), jsonrpsee and a bare tungstenite server, same
-# workloads, same run (about five minutes): writes BENCHMARKS.md and benchmarks/*.svg.
+# workloads, same run (three rounds, about ten minutes): writes BENCHMARKS.md and
+# benchmarks/*.svg.
 # The idle workload holds 10,000 connections: the open-file limit is raised to the hard
 # limit first.
 bench: interop-deps

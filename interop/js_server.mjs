@@ -12,6 +12,13 @@
 
 import { Server } from "rpc-websockets";
 
+// `--parent-stdin` (the benchmark): exit once standard input closes, so that a
+// benchmark killed before it could stop this server leaves nothing behind.
+if (process.argv.includes("--parent-stdin")) {
+  process.stdin.on("end", () => process.exit(0));
+  process.stdin.resume();
+}
+
 const server = new Server({ host: "127.0.0.1", port: 0 });
 
 const sum = (params) => {

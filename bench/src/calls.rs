@@ -68,16 +68,13 @@ pub fn run(url: &str, codec: Codec, load: Load, pid: u32) -> Result<Outcome, Str
         })
         .collect::<Result<_, _>>()?;
     shared.ready.wait();
-    thread::sleep(load.warmup);
-    shared.measuring.store(true, Ordering::SeqCst);
-    let cpu_start = wire::cpu_seconds(pid);
-    let start_calls = shared.calls.load(Ordering::SeqCst);
-    let start = Instant::now();
-    thread::sleep(load.measure);
-    let done = shared.calls.load(Ordering::SeqCst) - start_calls;
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu_end = wire::cpu_seconds(pid);
-    let peak = wire::status_kib(pid, "VmHWM:");
+    let window = wire::measure(
+        pid,
+        load.warmup,
+        load.measure,
+        &shared.calls,
+        &shared.measuring,
+    );
     shared.stop.store(true, Ordering::SeqCst);
     let mut latencies = Vec::new();
     for w in workers {
@@ -86,23 +83,14 @@ pub fn run(url: &str, codec: Codec, load: Load, pid: u32) -> Result<Outcome, Str
                 .map_err(|_| "a load thread panicked".to_owned())??,
         );
     }
-    if done == 0 {
+    if window.count == 0 {
         return Err("no call was answered while measuring".into());
     }
-    let cpu = match (cpu_start, cpu_end) {
-        (Some(a), Some(b)) => b - a,
-        _ => f64::NAN,
-    };
     Ok(Outcome {
-        calls_per_second: done as f64 / elapsed,
+        calls_per_second: window.per_second,
         latency_ms: wire::percentiles(&mut latencies),
-        // CPU time ticks at 10 ms: a (quick) run that used less has no figure.
-        calls_per_cpu_second: if cpu > 0.0 {
-            done as f64 / cpu
-        } else {
-            f64::NAN
-        },
-        peak_rss_mib: peak.map_or(f64::NAN, |kib| kib as f64 / 1024.0),
+        calls_per_cpu_second: window.per_cpu_second,
+        peak_rss_mib: window.peak_rss_mib,
         wire_bytes_per_call: shared.wire.load(Ordering::SeqCst) as usize,
     })
 }
@@ -116,7 +104,10 @@ fn worker(mut ws: Ws, codec: Codec, in_flight: usize, shared: &Shared) -> Result
     let mut first_request = 0;
     for _ in 0..in_flight {
         next_id += 1;
-        first_request = send(&mut ws, codec, next_id, &mut sent_at)?;
+        let size = send(&mut ws, codec, next_id, &mut sent_at)?;
+        if next_id == 1 {
+            first_request = size;
+        }
     }
     while !shared.stop.load(Ordering::Relaxed) {
         let reply = wire::read_data(&mut ws).map_err(|e| format!("reading a reply: {e}"))?;

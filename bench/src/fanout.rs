@@ -91,18 +91,19 @@ pub fn run(
         let (url, shared) = (url.to_owned(), shared.clone());
         thread::spawn(move || emit(&url, window, load.rate, &shared))
     };
-    thread::sleep(load.warmup);
-    shared.measuring.store(true, Ordering::SeqCst);
-    let cpu_start = wire::cpu_seconds(pid);
-    let start_delivered = shared.delivered.load(Ordering::SeqCst);
-    let start = Instant::now();
-    thread::sleep(load.measure);
-    let done = shared.delivered.load(Ordering::SeqCst) - start_delivered;
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu_end = wire::cpu_seconds(pid);
-    let peak = wire::status_kib(pid, "VmHWM:");
-    shared.stop.store(true, Ordering::SeqCst);
-    shared.complete.1.notify_all();
+    let measured = wire::measure(
+        pid,
+        load.warmup,
+        load.measure,
+        &shared.delivered,
+        &shared.measuring,
+    );
+    {
+        // Under the lock: the emitter looks at `stop` under it before it waits.
+        let _guard = shared.complete.0.lock();
+        shared.stop.store(true, Ordering::SeqCst);
+        shared.complete.1.notify_all();
+    }
     let emitted = emitter
         .join()
         .map_err(|_| "the emitter panicked".to_owned())?;
@@ -111,22 +112,14 @@ pub fn run(
         latencies.extend(s.join().map_err(|_| "a subscriber panicked".to_owned())??);
     }
     emitted?;
-    if done == 0 {
+    if measured.count == 0 {
         return Err("no event was delivered while measuring".into());
     }
-    let cpu = match (cpu_start, cpu_end) {
-        (Some(a), Some(b)) => b - a,
-        _ => f64::NAN,
-    };
     Ok(Outcome {
-        delivered_per_second: done as f64 / elapsed,
+        delivered_per_second: measured.per_second,
         latency_ms: wire::percentiles(&mut latencies),
-        delivered_per_cpu_second: if cpu > 0.0 {
-            done as f64 / cpu
-        } else {
-            f64::NAN
-        },
-        peak_rss_mib: peak.map_or(f64::NAN, |kib| kib as f64 / 1024.0),
+        delivered_per_cpu_second: measured.per_cpu_second,
+        peak_rss_mib: measured.peak_rss_mib,
     })
 }
 

@@ -58,11 +58,7 @@ fn module() -> Result<RpcModule<Sender<Box<RawValue>>>, Box<dyn Error>> {
     module.register_method("sum", |params, _, _| {
         let total: f64 = params.parse::<Vec<f64>>()?.iter().sum();
         // Whole sums go out as integers (`5`, not `5.0`).
-        Ok::<_, jsonrpsee::types::ErrorObjectOwned>(if total.fract() == 0.0 && total.abs() < 9e15 {
-            serde_json::Value::from(total as i64)
-        } else {
-            serde_json::Value::from(total)
-        })
+        Ok::<_, jsonrpsee::types::ErrorObjectOwned>(crate::peers::js_number(total))
     })?;
 
     module.register_method("emit", |params, news, _| {

@@ -4,10 +4,12 @@
 //! chart per workload.
 //!
 //! ```text
-//! wsrpc-bench [--quick] [--out DIR] [--only TEXT] [--window W] [--rate R]
+//! wsrpc-bench [--quick] [--rounds N] [--out DIR] [--only TEXT] [--window W] [--rate R]
 //! ```
-//! - `--quick`: a few seconds in all, small sizes (the CI smoke run); the default is the
-//!   full run of issue 6, about five minutes.
+//! - `--quick`: a few seconds in all, small sizes, one round (the CI smoke run); the
+//!   default is the full run of issue 6, about ten minutes.
+//! - `--rounds N`: runs of each call and fan-out workload per server, taking turns; each
+//!   figure is the median (default 3).
 //! - `--out DIR`: where BENCHMARKS.md and benchmarks/*.svg go (default: the checkout's
 //!   top folder, or target/bench-quick with --quick).
 //! - `--only TEXT`: only the workloads whose name contains TEXT (e.g. `fanout`).
@@ -58,6 +60,7 @@ pub fn repo_root() -> PathBuf {
 fn main() -> ExitCode {
     let mut options = suite::Options::default();
     let mut out = None;
+    let mut rounds = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |what: &str| {
@@ -66,7 +69,11 @@ fn main() -> ExitCode {
         };
         match arg.as_str() {
             "--serve" => {
-                return match peers::serve(&value("a server name")) {
+                let what = value("a server name");
+                if args.next().as_deref() == Some("--parent-stdin") {
+                    peers::exit_with_stdin();
+                }
+                return match peers::serve(&what) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("{e}");
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
                 };
             }
             "--quick" => options.quick = true,
+            "--rounds" => rounds = Some(number(&value("a number"))),
             "--out" => out = Some(PathBuf::from(value("a folder"))),
             "--only" => options.only = Some(value("a workload name")),
             "--window" => options.window = number(&value("a number")),
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
             other => usage(&format!("unknown argument {other}")),
         }
     }
+    options.rounds = rounds.unwrap_or(if options.quick { 1 } else { 3 });
     let out = out.unwrap_or_else(|| {
         if options.quick {
             repo_root().join("target/bench-quick")
@@ -129,7 +138,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("{problem}");
     }
     eprintln!(
-        "usage: wsrpc-bench [--quick] [--out DIR] [--only TEXT] [--window W] [--rate R]\n       \
+        "usage: wsrpc-bench [--quick] [--rounds N] [--out DIR] [--only TEXT] [--window W] [--rate R]\n       \
          wsrpc-bench --serve wsrpc|jsonrpsee|bare"
     );
     std::process::exit(if problem.is_empty() { 0 } else { 2 });

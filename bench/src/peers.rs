@@ -75,11 +75,14 @@ impl Peer {
             Peer::RpcWebsockets => {
                 let mut c = Command::new("node");
                 c.arg(crate::repo_root().join("interop/js_server.mjs"));
+                c.arg("--parent-stdin");
                 c
             }
         };
         let mut child = cmd
             .stdout(Stdio::piped())
+            // The server ends when this pipe closes, that is when we do, however we end.
+            .stdin(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.name()))?;
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -102,7 +105,7 @@ impl Peer {
 
 fn serve_cmd(exe: &std::path::Path, what: &str) -> Command {
     let mut c = Command::new(exe);
-    c.args(["--serve", what]);
+    c.args(["--serve", what, "--parent-stdin"]);
     c
 }
 
@@ -118,6 +121,15 @@ pub enum Subscribe {
 /// A server child process; killed when dropped.
 pub struct Running {
     child: Child,
+}
+
+/// With `--parent-stdin`, a server exits once its standard input closes: a benchmark
+/// killed before it could stop its servers leaves none behind.
+pub fn exit_with_stdin() {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
 }
 
 /// A started server and where it listens.
@@ -157,8 +169,8 @@ fn say_listening(addr: std::net::SocketAddr) {
     let _ = std::io::stdout().flush();
 }
 
-/// A sum as JavaScript prints it: whole sums as integers.
-fn number(x: f64) -> Value {
+/// A sum as JavaScript prints it: whole sums as integers (every server here answers so).
+pub fn js_number(x: f64) -> Value {
     if x.fract() == 0.0 && x.abs() < 9_007_199_254_740_992.0 {
         Value::from(x as i64)
     } else {
@@ -176,7 +188,7 @@ fn serve_wsrpc() -> Result<(), String> {
         .config(config)
         .bind(("127.0.0.1", 0))
         .map_err(|e| e.to_string())?;
-    server.register("sum", |nums: Vec<f64>, _| Ok(number(nums.iter().sum())));
+    server.register("sum", |nums: Vec<f64>, _| Ok(js_number(nums.iter().sum())));
     server.event(crate::peers::EVENT);
     server.register("emit", |(event, value): (String, Value), ctx| {
         ctx.server().emit(&event, value)?;
@@ -206,7 +218,7 @@ fn serve_bare() -> Result<(), String> {
                     .as_array()
                     .map(|a| a.iter().filter_map(Value::as_f64).sum())
                     .unwrap_or(0.0);
-                let reply = json!({"jsonrpc": "2.0", "result": number(sum), "id": v["id"]});
+                let reply = json!({"jsonrpc": "2.0", "result": js_number(sum), "id": v["id"]});
                 if ws.send(Message::Text(reply.to_string().into())).is_err() {
                     break;
                 }

@@ -168,7 +168,7 @@ fn value_text(v: f64, unit: &str) -> String {
 
 /// 3 significant digits (below 0.001 in exponent form); from 100 up, whole with thousands
 /// separators.
-fn number(v: f64) -> String {
+pub fn number(v: f64) -> String {
     let (sign, a) = (if v < 0.0 { "-" } else { "" }, v.abs());
     // `a` rounded to 3 significant digits (9.996 -> 10.0) picks the form.
     let r: f64 = format!("{a:.2e}").parse().unwrap_or(a);

@@ -72,6 +72,49 @@ impl Figures {
         }
     }
 
+    /// Each figure's median over runs of one workload, taken figure by figure (so a
+    /// row may mix runs; a p99 is one run's p99, not that of all samples); the upper
+    /// middle one for an even count. Wire bytes are the first run's.
+    pub fn median(mut runs: Vec<Figures>) -> Figures {
+        let columns: Vec<Vec<f64>> = runs.iter().map(Figures::values).collect();
+        let mut first = runs.swap_remove(0);
+        let medians: Vec<f64> = (0..columns[0].len())
+            .map(|i| {
+                let mut v: Vec<f64> = columns
+                    .iter()
+                    .map(|c| c[i])
+                    .filter(|x| x.is_finite())
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            })
+            .collect();
+        first.set_values(&medians);
+        first
+    }
+
+    /// The inverse of [`Figures::values`].
+    fn set_values(&mut self, v: &[f64]) {
+        match self {
+            Figures::Calls(o) => {
+                o.calls_per_second = v[0];
+                o.latency_ms = [v[1], v[2], v[3]];
+                o.calls_per_cpu_second = v[4];
+                o.peak_rss_mib = v[5];
+            }
+            Figures::Fanout(o) => {
+                o.delivered_per_second = v[0];
+                o.latency_ms = [v[1], v[2], v[3]];
+                o.delivered_per_cpu_second = v[4];
+                o.peak_rss_mib = v[5];
+            }
+            Figures::Idle(o) => {
+                o.held = v[0] as usize;
+                o.mib_per_1000 = v[1];
+            }
+        }
+    }
+
     /// A last column that is not a figure: whether idle servers still answer.
     fn note(&self) -> Option<&'static str> {
         match self {
@@ -114,26 +157,12 @@ impl Measured {
     }
 }
 
-/// A figure with sensible precision.
+/// A figure as the charts print it; "n/a" when there is none.
 pub fn number(x: f64) -> String {
-    if !x.is_finite() {
-        "n/a".into()
-    } else if x >= 100.0 {
-        let digits = format!("{:.0}", x);
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
-    } else if x >= 10.0 {
-        format!("{x:.1}")
-    } else if x >= 0.1 {
-        format!("{x:.2}")
+    if x.is_finite() {
+        crate::plot::number(x)
     } else {
-        format!("{x:.3}")
+        "n/a".into()
     }
 }
 
@@ -262,12 +291,27 @@ mod tests {
     }
 
     #[test]
+    fn rounds_combine_into_the_median_of_each_figure() {
+        let run = |held, mib| {
+            Figures::Idle(idle::Outcome {
+                held,
+                mib_per_1000: mib,
+                answering: true,
+            })
+        };
+        let Figures::Idle(m) = Figures::median(vec![run(3, 9.0), run(1, f64::NAN), run(2, 7.0)])
+        else {
+            panic!("the kind changed")
+        };
+        // held: 1, 2, 3 -> 2; memory: NaN is left out, 7 and 9 -> the upper one.
+        assert_eq!((m.held, m.mib_per_1000), (2, 9.0));
+    }
+
+    #[test]
     fn numbers_keep_a_sensible_precision() {
         assert_eq!(number(1234567.4), "1,234,567");
-        assert_eq!(number(123.4), "123");
         assert_eq!(number(12.34), "12.3");
-        assert_eq!(number(1.234), "1.23");
-        assert_eq!(number(0.01234), "0.012");
+        assert_eq!(number(0.01234), "0.0123");
         assert_eq!(number(f64::NAN), "n/a");
     }
 }

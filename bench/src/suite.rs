@@ -15,6 +15,8 @@ pub struct Options {
     pub only: Option<String>,
     pub window: usize,
     pub rate: Option<f64>,
+    /// Runs of each call and fan-out workload per server.
+    pub rounds: usize,
 }
 
 impl Default for Options {
@@ -24,6 +26,7 @@ impl Default for Options {
             only: None,
             window: 16,
             rate: None,
+            rounds: 3,
         }
     }
 }
@@ -40,12 +43,17 @@ struct Workload {
     kind: Kind,
 }
 
-fn workloads(o: &Options) -> Vec<Workload> {
-    let (warmup, measure) = if o.quick {
+/// Warm-up and measured span of each run.
+fn timing(o: &Options) -> (Duration, Duration) {
+    if o.quick {
         (Duration::from_millis(200), Duration::from_millis(500))
     } else {
-        (Duration::from_secs(1), Duration::from_secs(4))
-    };
+        (Duration::from_secs(1), Duration::from_secs(3))
+    }
+}
+
+fn workloads(o: &Options) -> Vec<Workload> {
+    let (warmup, measure) = timing(o);
     let (sequential, pipelined, fan, idle): (&[usize], &[usize], &[usize], &[usize]) = if o.quick {
         (&[1, 16], &[16], &[20], &[100])
     } else {
@@ -101,20 +109,43 @@ pub fn run(o: &Options) -> Vec<Measured> {
     let mut results = Vec::new();
     for w in workloads(o) {
         println!("# {}", w.title);
-        let mut rows = Vec::new();
-        for peer in Peer::ALL {
-            let figures = match &w.kind {
+        let peers: Vec<Peer> = Peer::ALL
+            .into_iter()
+            .filter(|&peer| match w.kind {
                 // Idle connections do not speak: one wsrpc row is enough.
-                Kind::Idle(_) if peer == Peer::WsrpcMsgPack => continue,
-                Kind::Fanout(_) if peer.events().is_none() => continue,
-                kind => measure(peer, kind),
-            };
-            match &figures {
-                Ok(f) => println!("  {:<22} {}", peer.name(), summary(f)),
-                Err(e) => println!("  {:<22} FAILED: {e}", peer.name()),
+                Kind::Idle(_) => peer != Peer::WsrpcMsgPack,
+                Kind::Fanout(_) => peer.events().is_some(),
+                Kind::Calls(_) => true,
+            })
+            .collect();
+        // Rounds take turns, so that a passing disturbance of the machine does not
+        // fall on one server only; each figure is the median of its rounds.
+        let rounds = match w.kind {
+            Kind::Idle(_) => 1,
+            _ => o.rounds.max(1),
+        };
+        let mut got: Vec<Result<Vec<Figures>, String>> = peers.iter().map(|_| Ok(vec![])).collect();
+        for round in 1..=rounds {
+            for (peer, so_far) in peers.iter().zip(&mut got) {
+                let Ok(figures) = so_far else { continue };
+                let name = peer.name();
+                match measure(*peer, &w.kind) {
+                    Ok(f) => {
+                        println!("  {round}/{rounds} {name:<22} {}", summary(&f));
+                        figures.push(f);
+                    }
+                    Err(e) => {
+                        println!("  {round}/{rounds} {name:<22} FAILED: {e}");
+                        *so_far = Err(e);
+                    }
+                }
             }
-            rows.push((peer, figures));
         }
+        let rows = peers
+            .into_iter()
+            .zip(got)
+            .map(|(peer, r)| (peer, r.map(Figures::median)))
+            .collect();
         results.push(Measured {
             slug: w.slug,
             title: w.title,
@@ -216,27 +247,45 @@ pub fn write(
             report::chart(m, &machine),
         )?;
     }
-    md.push_str(METHOD);
+    md.push_str(&method(o));
     let path = out.join("BENCHMARKS.md");
     std::fs::write(&path, md)?;
     Ok(path)
 }
 
-const METHOD: &str = "## How it is measured\n\n\
+/// How the figures were made, with this run's settings.
+fn method(o: &Options) -> String {
+    let (warmup, measure) = timing(o);
+    let rounds = match o.rounds {
+        1 => "one round".to_owned(),
+        n => format!(
+            "{n} rounds, the servers taking turns; each figure is the median of its rounds (percentiles are each round's)"
+        ),
+    };
+    let pace = match o.rate {
+        Some(rate) => format!("at {rate} events/s, and"),
+        None => "as fast as backpressure allows:".to_owned(),
+    };
+    format!(
+        "## How it is measured\n\n\
 - Servers run one at a time as child processes on 127.0.0.1; their CPU time \
 (user + system) and peak RSS come from /proc. wsrpc runs with its default \
 configuration but for the connection limits (raised to 100,000, as jsonrpsee's).\n\
 - Calls: `sum [id, 3]` requests; sequential means one call in flight per connection. \
-One second of warm-up, four of measurement. Latency is from send to reply.\n\
-- Fan-out: S subscribers of one event; a further connection makes `emit` calls, never \
-more than 16 events out at once (an event is out until every subscriber has it), so \
-the server emits as fast as backpressure allows. Latency is from the emit call's send \
-to each subscriber's receipt, on the generator's clock. jsonrpsee subscribers use its \
-own subscription methods; the bare server has no events.\n\
-- Idle: N connections opened after one another and held after the handshake; the \
+{warmup:?} of warm-up, then {measure:?} measured; {rounds}. Latency is from send to reply.\n\
+- Fan-out: S subscribers of one event; a further connection makes `emit` calls {pace} \
+never more than {window} events out at once (an event is out until every subscriber has \
+it). Latency is from the emit call's send to each subscriber's receipt, on the \
+generator's clock. jsonrpsee subscribers use its own subscription methods; the bare \
+server has no events.\n\
+- Idle: N connections opened one after another and held after the handshake; the \
 server's RSS growth once it stops changing, per 1,000 connections; then one more \
-connection must get `sum` answered.\n\
-- wsrpc (MessagePack) is the same server with clients that speak MessagePack.\n";
+connection must get `sum` answered. Connections that have made calls keep more (their \
+threads' deeper stack pages).\n\
+- wsrpc (MessagePack) is the same server with clients that speak MessagePack.\n",
+        window = o.window.max(1),
+    )
+}
 
 /// The targets of issue 6, checked against this run (wsrpc in JSON).
 fn targets(results: &[Measured]) -> String {

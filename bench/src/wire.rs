@@ -3,6 +3,8 @@
 
 use std::net::TcpStream;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -24,10 +26,9 @@ pub fn connect(url: &str) -> Result<Ws, String> {
         .ok_or_else(|| format!("not a ws:// URL: {url}"))?;
     let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    // A server that never answers the handshake fails the run rather than hanging it.
+    // A server that stops answering fails the run rather than hanging it.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let (ws, _) = tungstenite::client(url, stream).map_err(|e| format!("handshake: {e}"))?;
-    let _ = ws.get_ref().set_read_timeout(None);
     Ok(ws)
 }
 
@@ -110,17 +111,62 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Latency percentiles (p50, p99, p99.9) in milliseconds of samples in microseconds.
+/// Latency percentiles (p50, p99, p99.9, by nearest rank) in milliseconds of samples
+/// in microseconds.
 pub fn percentiles(samples: &mut [u32]) -> [f64; 3] {
     samples.sort_unstable();
     let at = |p: f64| {
-        let last = samples.len().saturating_sub(1);
-        let i = ((samples.len() as f64 * p) as usize).min(last);
+        let rank = (samples.len() as f64 * p).ceil() as usize;
+        let i = rank.saturating_sub(1);
         samples
             .get(i)
             .map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
     };
     [at(0.5), at(0.99), at(0.999)]
+}
+
+/// What the server did over a workload's measured span.
+pub struct Window {
+    /// Calls answered or events delivered in the span.
+    pub count: u64,
+    pub per_second: f64,
+    /// Per second of the server's CPU time (user + system). CPU time ticks at 10 ms:
+    /// a (quick) span that used less has no figure.
+    pub per_cpu_second: f64,
+    /// The server's peak resident memory so far, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Let the workload warm up, then count `counter` for `span` with `measuring` set.
+pub fn measure(
+    pid: u32,
+    warmup: Duration,
+    span: Duration,
+    counter: &AtomicU64,
+    measuring: &AtomicBool,
+) -> Window {
+    thread::sleep(warmup);
+    measuring.store(true, Ordering::SeqCst);
+    let cpu_start = cpu_seconds(pid);
+    let start_count = counter.load(Ordering::SeqCst);
+    let start = Instant::now();
+    thread::sleep(span);
+    let count = counter.load(Ordering::SeqCst) - start_count;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = match (cpu_start, cpu_seconds(pid)) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
+    Window {
+        count,
+        per_second: count as f64 / elapsed,
+        per_cpu_second: if cpu > 0.0 {
+            count as f64 / cpu
+        } else {
+            f64::NAN
+        },
+        peak_rss_mib: status_kib(pid, "VmHWM:").map_or(f64::NAN, |kib| kib as f64 / 1024.0),
+    }
 }
 
 #[cfg(test)]
@@ -130,7 +176,8 @@ mod tests {
     #[test]
     fn percentiles_pick_the_ranked_sample() {
         let mut samples: Vec<u32> = (1..=1000).rev().map(|ms| ms * 1000).collect();
-        assert_eq!(percentiles(&mut samples), [501.0, 991.0, 1000.0]);
+        assert_eq!(percentiles(&mut samples), [500.0, 990.0, 999.0]);
+        assert_eq!(percentiles(&mut [7000]), [7.0, 7.0, 7.0]);
         assert!(percentiles(&mut []).iter().all(|p| p.is_nan()));
     }
 
