@@ -209,10 +209,10 @@ impl Sink {
     }
 
     fn write_held(&self, w: &mut Writer) -> Result<(), tungstenite::Error> {
+        self.holding.store(false, Ordering::Release);
         if w.held.is_empty() {
             return Ok(());
         }
-        self.holding.store(false, Ordering::Release);
         let written = (&self.stream)
             .write_all(&w.held)
             .and_then(|()| (&self.stream).flush());
@@ -277,7 +277,7 @@ impl Sink {
         if w.close_sent {
             return Ok(());
         }
-        self.write_held(&mut w).map_err(io::Error::other)?;
+        self.write_held(&mut w).map_err(into_io)?;
         (&self.stream)
             .write_all(bytes)
             .inspect_err(|e| self.stall_on_timeout(e))?;
@@ -346,6 +346,14 @@ impl Write for Held<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A write error as the `io::Error` it mostly is.
+fn into_io(e: tungstenite::Error) -> io::Error {
+    match e {
+        tungstenite::Error::Io(e) => e,
+        other => io::Error::other(other),
     }
 }
 
@@ -454,10 +462,7 @@ impl ConnStream {
 impl Read for ConnStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // The reader is out of whole frames: replies held back go out before it waits.
-        self.sink.flush().map_err(|e| match e {
-            tungstenite::Error::Io(e) => e,
-            other => io::Error::other(other),
-        })?;
+        self.sink.flush().map_err(into_io)?;
         let n = loop {
             // A signal delivered to this thread (a debugger, a profiler, the
             // application's own) interrupts the wait; it is no reason to end the

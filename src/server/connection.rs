@@ -260,7 +260,7 @@ impl Conn {
         }
     }
 
-    /// A handler is running: have the writer send the replies held back before it
+    /// A handler runs long: have the writer send the replies held back before it
     /// (answers to earlier requests of the same read), rather than let them wait for it.
     pub(crate) fn flush_soon(self: &Arc<Self>, server: &Server) {
         if self.sink.is_holding() {

@@ -339,8 +339,10 @@ impl Dispatcher {
                 continue;
             }
             busy = true;
-            conn.flush_soon(&self.server);
             if conn.same_handler_as_last_scan() {
+                // A long handler: the replies held back before it go out now (even if
+                // no new reader can take over), and later requests get a new reader.
+                conn.flush_soon(&self.server);
                 conn.hand_off(&self.server);
             }
         }
