@@ -112,9 +112,14 @@ fn main() -> ExitCode {
         .iter()
         .flat_map(|m| {
             m.rows.iter().filter_map(|(peer, r)| {
-                r.as_ref()
-                    .err()
-                    .map(|e| format!("{} / {}: {e}", m.title, peer.name()))
+                let why = match r {
+                    Err(e) => e.clone(),
+                    Ok(Figures::Idle(o)) if !o.answering => {
+                        format!("held {} connections, then stopped answering", o.held)
+                    }
+                    Ok(_) => return None,
+                };
+                Some(format!("{} / {}: {why}", m.title, peer.name()))
             })
         })
         .collect();

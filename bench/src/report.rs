@@ -227,11 +227,14 @@ pub fn chart(m: &Measured, subtitle: &str) -> String {
 }
 
 fn panel(m: &Measured, metrics: &[Metric], i: usize) -> Panel {
-    let (title, unit) = metrics[i]
-        .name
-        .rsplit_once(' ')
-        .filter(|(_, unit)| ["ms", "MiB", "1,000"].contains(unit))
-        .map_or((metrics[i].name, ""), |(t, u)| (t, u));
+    // A chart's title and the unit after each bar's figure.
+    let (title, unit) = match metrics[i].name {
+        "MiB per 1,000" => ("server RSS per 1,000 connections", "MiB"),
+        name => match name.rsplit_once(' ') {
+            Some((title, "ms")) => (title, "ms"),
+            _ => (name, ""),
+        },
+    };
     Panel {
         title: title.to_owned(),
         unit: unit.to_owned(),

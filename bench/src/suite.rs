@@ -43,6 +43,19 @@ struct Workload {
     kind: Kind,
 }
 
+/// A count as a title writes it: 16, 1,000, 10,000.
+fn count(n: usize) -> String {
+    if n < 1000 {
+        n.to_string()
+    } else {
+        report::number(n as f64)
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 /// Warm-up and measured span of each run.
 fn timing(o: &Options) -> (Duration, Duration) {
     if o.quick {
@@ -69,21 +82,25 @@ fn workloads(o: &Options) -> Vec<Workload> {
     for &c in sequential {
         all.push(Workload {
             slug: format!("sequential-c{c}"),
-            title: format!("{c} connections, sequential sum calls"),
+            title: format!("{} connection{}, sequential sum calls", count(c), plural(c)),
             kind: Kind::Calls(calls(c, 1)),
         });
     }
     for &c in pipelined {
         all.push(Workload {
             slug: format!("pipelined-c{c}-k32"),
-            title: format!("{c} connections, 32 sum calls in flight on each"),
+            title: format!(
+                "{} connection{}, 32 sum calls in flight on each",
+                count(c),
+                plural(c)
+            ),
             kind: Kind::Calls(calls(c, 32)),
         });
     }
     for &s in fan {
         all.push(Workload {
             slug: format!("fanout-s{s}"),
-            title: format!("fan-out to {s} subscribers"),
+            title: format!("fan-out to {} subscribers", count(s)),
             kind: Kind::Fanout(fanout::Load {
                 subscribers: s,
                 window: o.window,
@@ -96,7 +113,7 @@ fn workloads(o: &Options) -> Vec<Workload> {
     for &n in idle {
         all.push(Workload {
             slug: format!("idle-n{n}"),
-            title: format!("{n} idle connections"),
+            title: format!("{} idle connections", count(n)),
             kind: Kind::Idle(n),
         });
     }
