@@ -155,14 +155,7 @@ fn receive(mut ws: Ws, shared: &Shared) -> Result<Vec<u32>, String> {
     while !shared.stop.load(Ordering::Relaxed) {
         let frame = match wire::read_data(&mut ws) {
             Ok(frame) => frame,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
+            Err(tungstenite::Error::Io(e)) if is_timeout(&e) => continue,
             Err(e) => return Err(format!("subscriber: {e}")),
         };
         let value = wire::decode(&frame).unwrap_or_default();
@@ -199,10 +192,11 @@ fn emit(url: &str, window: usize, rate: Option<f64>, shared: &Shared) -> Result<
             .set_read_timeout(Some(Duration::from_millis(100)));
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::Protocol(_)) =
-                    reader.read()
-                {
-                    break;
+                match reader.read() {
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {}
+                    // The emitter's next send fails too, and says why.
+                    Err(_) => break,
                 }
             }
         })
@@ -235,6 +229,14 @@ fn emit(url: &str, window: usize, rate: Option<f64>, shared: &Shared) -> Result<
     stop_reading.store(true, Ordering::SeqCst);
     let _ = drain.join();
     result
+}
+
+/// Whether a read failed only because its timeout passed.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// Block until ring slot `slot` counts every subscriber, then clear it.
