@@ -475,6 +475,18 @@ fn slow_call_delays_neither_later_calls_on_its_connection_nor_other_connections(
     finish(server, vec![raw, other]);
 }
 
+/// A masked text frame of a JSON-RPC call, as a client sends it.
+fn call_frame(method: &str, params: Value, id: u64) -> Vec<u8> {
+    let call = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+    common::ws_frame(common::OP_TEXT, true, call.to_string().as_bytes())
+}
+
+/// The next frame from the server, as JSON.
+fn read_json(wire: &mut common::Wire) -> Value {
+    let frame = wire.read_frame().expect("a frame before the deadline");
+    serde_json::from_slice(&frame.payload).expect("a JSON frame")
+}
+
 #[test]
 fn pipelined_calls_are_answered_in_order_while_the_next_frame_is_still_arriving() {
     // Replies to requests read together are written together, once the reader runs
@@ -482,25 +494,18 @@ fn pipelined_calls_are_answered_in_order_while_the_next_frame_is_still_arriving(
     // replies must not wait with it.
     let server = server();
     let mut wire = common::Wire::connect(&server, "/");
-    let frame = |id: u64| {
-        let call = json!({"jsonrpc": "2.0", "method": "sum", "params": [id, 1], "id": id});
-        common::ws_frame(common::OP_TEXT, true, call.to_string().as_bytes())
-    };
+    let frame = |id: u64| call_frame("sum", json!([id, 1]), id);
     let mut burst: Vec<u8> = (1..=50).flat_map(frame).collect();
     let last = frame(51);
     let (head, tail) = last.split_at(last.len() / 2);
     burst.extend_from_slice(head);
     wire.send(&burst).unwrap();
-    let answer = |wire: &mut common::Wire| {
-        let reply = wire.read_frame().expect("a reply before the deadline");
-        serde_json::from_slice::<Value>(&reply.payload).unwrap()
-    };
     for id in 1..=50u64 {
-        let reply = answer(&mut wire);
+        let reply = read_json(&mut wire);
         assert_eq!(reply, json!({"jsonrpc": "2.0", "result": id + 1, "id": id}));
     }
     wire.send(tail).unwrap();
-    assert_eq!(answer(&mut wire)["id"], 51);
+    assert_eq!(read_json(&mut wire)["id"], 51);
     server.close();
 }
 
@@ -513,27 +518,18 @@ fn a_reply_held_for_batching_does_not_wait_for_a_slow_call_read_with_it() {
     config.max_calls_in_flight = 1;
     let server = common::start_with(Server::builder().config(config));
     let mut wire = common::Wire::connect(&server, "/");
-    let call = |method: &str, params: Value, id: u64| {
-        let call = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
-        common::ws_frame(common::OP_TEXT, true, call.to_string().as_bytes())
-    };
     let started = Instant::now();
-    let mut both = call("sum", json!([2, 3]), 1);
-    both.extend(call("sleep", json!([3000]), 2));
+    let mut both = call_frame("sum", json!([2, 3]), 1);
+    both.extend(call_frame("sleep", json!([3000]), 2));
     wire.send(&both).unwrap();
-    let reply = wire.read_frame().expect("the sum's reply");
-    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    let reply = read_json(&mut wire);
     assert_eq!(reply, json!({"jsonrpc": "2.0", "result": 5, "id": 1}));
     let waited = started.elapsed();
     assert!(
         waited < Duration::from_millis(1500),
         "the sum's reply waited {waited:?}"
     );
-    let reply = wire.read_frame().expect("the sleep's reply");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&reply.payload).unwrap()["id"],
-        2
-    );
+    assert_eq!(read_json(&mut wire)["id"], 2);
     server.close();
 }
 

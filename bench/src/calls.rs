@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -53,20 +52,15 @@ pub fn run(url: &str, codec: Codec, load: Load, pid: u32) -> Result<Outcome, Str
         wire: AtomicU64::new(0),
         ready: Barrier::new(load.connections + 1),
     });
-    let workers: Vec<_> = (0..load.connections)
-        .map(|_| {
-            let (url, shared) = (url.to_owned(), shared.clone());
-            thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    // Every worker reaches the barrier, connected or not.
-                    let ws = wire::connect(&url);
-                    shared.ready.wait();
-                    worker(ws?, codec, load.in_flight.max(1), &shared)
-                })
-                .map_err(|e| format!("cannot start a load thread: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let workers = wire::clients(load.connections, {
+        let (url, shared) = (url.to_owned(), shared.clone());
+        move || {
+            // Every worker reaches the barrier, connected or not.
+            let ws = wire::connect(&url);
+            shared.ready.wait();
+            worker(ws?, codec, load.in_flight.max(1), &shared)
+        }
+    })?;
     shared.ready.wait();
     let window = wire::measure(
         pid,
@@ -76,13 +70,7 @@ pub fn run(url: &str, codec: Codec, load: Load, pid: u32) -> Result<Outcome, Str
         &shared.measuring,
     );
     shared.stop.store(true, Ordering::SeqCst);
-    let mut latencies = Vec::new();
-    for w in workers {
-        latencies.extend(
-            w.join()
-                .map_err(|_| "a load thread panicked".to_owned())??,
-        );
-    }
+    let mut latencies = wire::samples(workers)?;
     if window.count == 0 {
         return Err("no call was answered while measuring".into());
     }

@@ -72,20 +72,15 @@ pub fn run(
         measuring: AtomicBool::new(false),
         ready: Barrier::new(load.subscribers + 1),
     });
-    let subscribers: Vec<_> = (0..load.subscribers)
-        .map(|_| {
-            let (url, shared) = (url.to_owned(), shared.clone());
-            thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    let ws = wire::connect(&url).and_then(|ws| subscribe(ws, codec, style));
-                    // Every subscriber reaches the barrier, subscribed or not.
-                    shared.ready.wait();
-                    receive(ws?, &shared)
-                })
-                .map_err(|e| format!("cannot start a subscriber thread: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let subscribers = wire::clients(load.subscribers, {
+        let (url, shared) = (url.to_owned(), shared.clone());
+        move || {
+            let ws = wire::connect(&url).and_then(|ws| subscribe(ws, codec, style));
+            // Every subscriber reaches the barrier, subscribed or not.
+            shared.ready.wait();
+            receive(ws?, &shared)
+        }
+    })?;
     shared.ready.wait();
     let emitter = {
         let (url, shared) = (url.to_owned(), shared.clone());
@@ -107,11 +102,9 @@ pub fn run(
     let emitted = emitter
         .join()
         .map_err(|_| "the emitter panicked".to_owned())?;
-    let mut latencies = Vec::new();
-    for s in subscribers {
-        latencies.extend(s.join().map_err(|_| "a subscriber panicked".to_owned())??);
-    }
+    let latencies = wire::samples(subscribers);
     emitted?;
+    let mut latencies = latencies?;
     if measured.count == 0 {
         return Err("no event was delivered while measuring".into());
     }

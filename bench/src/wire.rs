@@ -125,6 +125,38 @@ pub fn percentiles(samples: &mut [u32]) -> [f64; 3] {
     [at(0.5), at(0.99), at(0.999)]
 }
 
+/// A client thread's outcome: its latency samples (µs), or why it failed.
+pub type Samples = Result<Vec<u32>, String>;
+
+/// Start `n` client threads, each running `client`.
+pub fn clients(
+    n: usize,
+    client: impl Fn() -> Samples + Send + Sync + 'static,
+) -> Result<Vec<thread::JoinHandle<Samples>>, String> {
+    let client = std::sync::Arc::new(client);
+    (0..n)
+        .map(|_| {
+            let client = client.clone();
+            thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || client())
+                .map_err(|e| format!("cannot start a client thread: {e}"))
+        })
+        .collect()
+}
+
+/// Wait for the client threads: all their samples, or the first failure.
+pub fn samples(clients: Vec<thread::JoinHandle<Samples>>) -> Samples {
+    let mut all = Vec::new();
+    for c in clients {
+        all.extend(
+            c.join()
+                .map_err(|_| "a client thread panicked".to_owned())??,
+        );
+    }
+    Ok(all)
+}
+
 /// What the server did over a workload's measured span.
 pub struct Window {
     /// Calls answered or events delivered in the span.
