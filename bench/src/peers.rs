@@ -189,7 +189,7 @@ fn serve_wsrpc() -> Result<(), String> {
         .bind(("127.0.0.1", 0))
         .map_err(|e| e.to_string())?;
     server.register("sum", |nums: Vec<f64>, _| Ok(js_number(nums.iter().sum())));
-    server.event(crate::peers::EVENT);
+    server.event(EVENT);
     server.register("emit", |(event, value): (String, Value), ctx| {
         ctx.server().emit(&event, value)?;
         Ok(true)
