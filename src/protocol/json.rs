@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -13,17 +13,61 @@ use super::{
 };
 
 /// The members of a request object, each kept as raw JSON so it is checked once and
-/// params are parsed straight into the handler's type later.
-#[derive(Deserialize)]
+/// params are parsed straight into the handler's type later. A repeated member keeps
+/// its last value, as JavaScript's `JSON.parse` (and the MessagePack dialect) do.
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
     jsonrpc: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     method: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     params: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     id: Option<&'a RawValue>,
+}
+
+/// A member name of a request object.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Field {
+    Jsonrpc,
+    Method,
+    Params,
+    Id,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a request object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut envelope = Envelope::default();
+        while let Some(field) = map.next_key::<Field>()? {
+            let slot = match field {
+                Field::Jsonrpc => &mut envelope.jsonrpc,
+                Field::Method => &mut envelope.method,
+                Field::Params => &mut envelope.params,
+                Field::Id => &mut envelope.id,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            // `null` reads as absent, as before a member was repeated.
+            *slot = map.next_value::<Option<&RawValue>>()?;
+        }
+        Ok(envelope)
+    }
 }
 
 fn first_byte(bytes: &[u8]) -> Option<u8> {
@@ -279,6 +323,24 @@ mod tests {
         assert!(call.params.is_absent());
         let call = single(r#"{"jsonrpc":"2.0","method":"m","id":1}"#).unwrap();
         assert!(call.params.is_absent());
+    }
+
+    #[test]
+    fn a_repeated_member_keeps_its_last_value_as_in_javascript() {
+        let call = single(
+            r#"{"jsonrpc":"2.0","method":"a","params":[1],"method":"sum","params":[2,3],"id":1,"id":7}"#,
+        )
+        .unwrap();
+        assert_eq!((call.method.as_ref(), call.id), ("sum", Some(Id::from(7))));
+        assert_eq!(call.params.parse::<Vec<i32>>().unwrap(), vec![2, 3]);
+        // A member name written with escapes is the same member; unknown ones are skipped.
+        let call =
+            single(r#"{"jsonrpc":"2.0","method":"a","m\u0065thod":"b","x":{"y":[]},"id":1}"#)
+                .unwrap();
+        assert_eq!(call.method, "b");
+        // A later null makes it absent again: a notification.
+        let call = single(r#"{"jsonrpc":"2.0","method":"m","id":1,"id":null}"#).unwrap();
+        assert_eq!(call.id, None);
     }
 
     #[test]
