@@ -45,6 +45,24 @@ export async function rejection(promise) {
   assert.fail(`expected an error, got the result ${JSON.stringify(result)}`);
 }
 
+
+/** A Client call that fails with "reply timeout" if no reply comes in time. */
+export const call = (client, method, params) => client.call(method, params, DEADLINE_MS);
+
+/** The arguments of the next `event` the Client hands to its listeners. */
+export function nextEvent(client, event) {
+  return within(
+    new Promise((resolve) => client.once(event, (...args) => resolve(args))),
+    `event ${event}`,
+  );
+}
+
+/** Have the fixture emit `event` with `params`; the arguments the Client's listeners get. */
+export async function emitted(client, params, event = "newsUpdate") {
+  const got = nextEvent(client, event);
+  assert.equal(await call(client, "emit", [event, params]), true);
+  return got;
+}
 /**
  * Run the fixture server for the calling test file. Returns `{ url(pathAndQuery),
  * track(client) }`: `url` is valid once the file's tests run, and tracked clients and

@@ -7,7 +7,7 @@
 
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { DEADLINE_MS, fixtureServer, rejection, within } from "./harness.mjs";
+import { DEADLINE_MS, call, emitted, fixtureServer, nextEvent, rejection, within } from "./harness.mjs";
 import { Client } from "rpc-websockets";
 
 const server = fixtureServer();
@@ -27,17 +27,6 @@ async function connect(pathAndQuery = "/") {
     `the Client to connect to ${pathAndQuery}`,
   );
   return client;
-}
-
-/** A call that fails with "reply timeout" if no reply comes in time. */
-const call = (client, method, params) => client.call(method, params, DEADLINE_MS);
-
-/** The arguments of the next `event` the Client hands to its listeners. */
-function nextEvent(client, event) {
-  return within(
-    new Promise((resolve) => client.once(event, (...args) => resolve(args))),
-    `event ${event}`,
-  );
 }
 
 
@@ -100,21 +89,15 @@ describe("notifications and events", () => {
       newsUpdate: "ok",
     });
 
-    let got = nextEvent(c, "newsUpdate");
-    assert.equal(await call(c, "emit", ["newsUpdate", { headline: "x", n: 1 }]), true);
-    assert.deepEqual(await got, [{ headline: "x", n: 1 }]);
+    assert.deepEqual(await emitted(c, { headline: "x", n: 1 }), [{ headline: "x", n: 1 }]);
 
-    got = nextEvent(c, "newsUpdate");
-    assert.equal(await call(c, "emit", ["newsUpdate", [1, "two", { three: 3 }]]), true);
-    assert.deepEqual(await got, [1, "two", { three: 3 }]);
+    assert.deepEqual(await emitted(c, [1, "two", { three: 3 }]), [1, "two", { three: 3 }]);
 
     // A scalar is sent as [scalar]; no value as [], which the Client emits with no
     // arguments.
-    got = nextEvent(c, "newsUpdate");
-    assert.equal(await call(c, "emit", ["newsUpdate", 5]), true);
-    assert.deepEqual(await got, [5]);
+    assert.deepEqual(await emitted(c, 5), [5]);
 
-    got = nextEvent(c, "newsUpdate");
+    const got = nextEvent(c, "newsUpdate");
     assert.equal(await call(c, "emit", ["newsUpdate"]), true);
     assert.deepEqual(await got, []);
   });
@@ -209,9 +192,7 @@ describe("login and protected methods and events", () => {
     assert.deepEqual(await within(c.subscribe("secretFeed"), "subscribe"), {
       secretFeed: "ok",
     });
-    const got = nextEvent(c, "secretFeed");
-    assert.equal(await call(c, "emit", ["secretFeed", { code: 7 }]), true);
-    assert.deepEqual(await got, [{ code: 7 }]);
+    assert.deepEqual(await emitted(c, { code: 7 }, "secretFeed"), [{ code: 7 }]);
 
     // Login belongs to the connection.
     const other = await connect();

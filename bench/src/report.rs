@@ -115,6 +115,22 @@ impl Figures {
         }
     }
 
+    /// One line for the console: each figure after its name, as the table heads them.
+    pub fn summary(&self) -> String {
+        let mut line: Vec<String> = self
+            .metrics()
+            .iter()
+            .zip(self.values())
+            .map(|(metric, v)| format!("{} {}", metric.name, number(v)))
+            .collect();
+        match self {
+            Figures::Calls(o) => line.push(format!("{} B/call", o.wire_bytes_per_call)),
+            Figures::Idle(o) => line.push(format!("still answering {}", o.answering)),
+            Figures::Fanout(_) => {}
+        }
+        line.join(", ")
+    }
+
     /// A last column that is not a figure: whether idle servers still answer.
     fn note(&self) -> Option<&'static str> {
         match self {

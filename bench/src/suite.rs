@@ -148,7 +148,7 @@ pub fn run(o: &Options) -> Vec<Measured> {
                 let name = peer.name();
                 match measure(*peer, &w.kind) {
                     Ok(f) => {
-                        println!("  {round}/{rounds} {name:<22} {}", summary(&f));
+                        println!("  {round}/{rounds} {name:<22} {}", f.summary());
                         figures.push(f);
                     }
                     Err(e) => {
@@ -189,37 +189,6 @@ fn measure(peer: Peer, kind: &Kind) -> Result<Figures, String> {
             drop(held);
             Ok(Figures::Idle(outcome))
         }
-    }
-}
-
-fn summary(f: &Figures) -> String {
-    let n = report::number;
-    match f {
-        Figures::Calls(o) => format!(
-            "{} calls/s  p50 {} p99 {} p99.9 {} ms  {} calls/CPU-s  peak RSS {} MiB  {} B/call",
-            n(o.calls_per_second),
-            n(o.latency_ms[0]),
-            n(o.latency_ms[1]),
-            n(o.latency_ms[2]),
-            n(o.calls_per_cpu_second),
-            n(o.peak_rss_mib),
-            o.wire_bytes_per_call
-        ),
-        Figures::Fanout(o) => format!(
-            "{} events/s  p50 {} p99 {} p99.9 {} ms  {} events/CPU-s  peak RSS {} MiB",
-            n(o.delivered_per_second),
-            n(o.latency_ms[0]),
-            n(o.latency_ms[1]),
-            n(o.latency_ms[2]),
-            n(o.delivered_per_cpu_second),
-            n(o.peak_rss_mib),
-        ),
-        Figures::Idle(o) => format!(
-            "{} held, {} MiB per 1,000, still answering: {}",
-            o.held,
-            n(o.mib_per_1000),
-            o.answering
-        ),
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::dispatcher::Command;
-use super::registry::RESERVED;
+use super::registry::{NamespaceTable, RESERVED};
 use super::{Context, Server};
 use crate::error::{Error, RpcError, codes};
 use crate::protocol::{Codec, Params, event_params};
@@ -86,9 +86,7 @@ impl Namespace {
                 RpcError::new(codes::INTERNAL_ERROR, "Internal error").with_data(msg)
             })
         };
-        self.server
-            .registry()
-            .update(&self.path, |t| t.add_method(name, Arc::new(run)));
+        self.update(|t| t.add_method(name, Arc::new(run)));
         MethodHandle {
             ns: self.clone(),
             name: name.to_owned(),
@@ -98,13 +96,16 @@ impl Namespace {
     /// Declare an event clients may subscribe to (`rpc.on`). Declaring it again returns
     /// the same event.
     pub fn event(&self, name: &str) -> EventHandle {
-        self.server
-            .registry()
-            .update(&self.path, |t| t.add_event(name));
+        self.update(|t| t.add_event(name));
         EventHandle {
             ns: self.clone(),
             name: name.to_owned(),
         }
+    }
+
+    /// Change this namespace's table of methods, events and auth.
+    fn update<R>(&self, change: impl FnOnce(&mut NamespaceTable) -> R) -> R {
+        self.server.registry().update(&self.path, change)
     }
 
     /// Send event `name` to the clients of this namespace that subscribed to it.
@@ -151,9 +152,7 @@ impl Namespace {
         F: Fn(P, &Context<'_>) -> Result<bool, RpcError> + Send + Sync + 'static,
     {
         let auth = move |params: Params<'_>, ctx: &Context<'_>| handler(params.parse::<P>()?, ctx);
-        self.server
-            .registry()
-            .update(&self.path, |t| t.set_auth(Arc::new(auth)));
+        self.update(|t| t.set_auth(Arc::new(auth)));
     }
 
     /// Socket ids of the clients connected to this namespace now.
@@ -203,20 +202,12 @@ impl MethodHandle {
     /// `serde_bytes::ByteBuf`. Without this such params get `-32602 Invalid params`
     /// naming what JSON cannot carry. JSON callers are not affected.
     pub fn allow_raw_values(&self) -> &Self {
-        let name = &self.name;
-        self.ns
-            .server
-            .registry()
-            .update(&self.ns.path, |t| t.allow_raw_values(name, true));
+        self.ns.update(|t| t.allow_raw_values(&self.name, true));
         self
     }
 
     fn set(&self, protected: bool) -> &Self {
-        let name = &self.name;
-        self.ns
-            .server
-            .registry()
-            .update(&self.ns.path, |t| t.protect_method(name, protected));
+        self.ns.update(|t| t.protect_method(&self.name, protected));
         self
     }
 }
@@ -239,11 +230,7 @@ impl EventHandle {
     }
 
     fn set(&self, protected: bool) -> &Self {
-        let name = &self.name;
-        self.ns
-            .server
-            .registry()
-            .update(&self.ns.path, |t| t.protect_event(name, protected));
+        self.ns.update(|t| t.protect_event(&self.name, protected));
         self
     }
 }
