@@ -63,10 +63,41 @@ fn forwarder() -> (impl Fn(&Value) + Send + Sync + 'static, Receiver<Value>) {
     (move |params: &Value| drop(tx.send(params.clone())), rx)
 }
 
+/// Connect with an `on_close` that records every report; returns the client and the
+/// reports.
+fn connect_recording(builder: ClientBuilder) -> (Client, Receiver<CloseInfo>) {
+    let (on_close, closes) = close_recorder();
+    (builder.on_close(on_close).connect().unwrap(), closes)
+}
+
+/// An `on_error` that counts its calls.
+fn error_counter() -> (impl Fn(&Error) + Send + Sync + 'static, Arc<AtomicUsize>) {
+    let errors = Arc::new(AtomicUsize::new(0));
+    let counter = errors.clone();
+    (
+        move |_: &Error| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        },
+        errors,
+    )
+}
+
 fn next_close(closes: &Receiver<CloseInfo>) -> CloseInfo {
     closes
         .recv_timeout(DEADLINE)
         .expect("on_close before the deadline")
+}
+
+/// The next close report, asserted as `assert_close` does.
+fn expect_close(
+    closes: &Receiver<CloseInfo>,
+    kind: CloseKind,
+    retries: u32,
+    next_delay: Option<Duration>,
+) -> CloseInfo {
+    let info = next_close(closes);
+    assert_close(&info, kind, retries, next_delay);
+    info
 }
 
 fn login(client: &Client) {
@@ -153,36 +184,47 @@ fn assert_no_more_closes(closes: &Receiver<CloseInfo>) {
     }
 }
 
+/// A client that gave up: a server listening on `addr` again hears from nobody, and
+/// no more close reports come. `what` names the retry that must not happen.
+fn assert_no_retry(addr: SocketAddr, closes: &Receiver<CloseInfo>, what: &str) {
+    let listener = listen_at(addr);
+    assert!(!connection_within(&listener, QUIET), "{what}");
+    assert_no_more_closes(closes);
+}
+
+fn assert_not_connected(client: &Client) {
+    let call = client.call("sum", [1, 1]);
+    assert!(matches!(call, Err(Error::NotConnected)), "{call:?}");
+}
+
+/// Wait for the client to be connected again, and make a call over the new connection.
+fn assert_reconnects(client: &Client) {
+    assert!(wait_until(|| client.is_connected()), "no reconnect");
+    assert_eq!(client.call("sum", [1, 2]).unwrap(), json!(3));
+}
+
 // ---------------------------------------------------------------- backoff
 
 #[test]
 fn backoff_grows_to_the_cap_and_stops_after_max_retries() {
     let server = common::start();
     let addr = server.local_addr();
-    let (on_close, closes) = close_recorder();
-    let errors = Arc::new(AtomicUsize::new(0));
-    let client = Client::builder(&url(&server, "/"))
-        .initial_retry_delay(ms(20))
-        .retry_delay_growth(2.0)
-        .max_retry_delay(ms(100))
-        .retry_delay_jitter(0.0)
-        .max_retries(5)
-        .on_close(on_close)
-        .on_error({
-            let errors = errors.clone();
-            move |_| {
-                errors.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-        .connect()
-        .unwrap();
+    let (on_error, errors) = error_counter();
+    let (client, closes) = connect_recording(
+        Client::builder(&url(&server, "/"))
+            .initial_retry_delay(ms(20))
+            .retry_delay_growth(2.0)
+            .max_retry_delay(ms(100))
+            .retry_delay_jitter(0.0)
+            .max_retries(5)
+            .on_error(on_error),
+    );
     settle(&client);
 
     let went_away = Instant::now();
     server.close();
-    let lost = next_close(&closes);
+    let lost = expect_close(&closes, CloseKind::Lost, 0, Some(ms(20)));
     assert_eq!(lost.code, 1001, "{lost:?}");
-    assert_close(&lost, CloseKind::Lost, 0, Some(ms(20)));
 
     // Nothing listens now: each retry fails and is reported once, with the delay to
     // the next one: times 2 each time, capped at 100 ms, none after the 5th retry.
@@ -194,9 +236,8 @@ fn backoff_grows_to_the_cap_and_stops_after_max_retries() {
         (5, None),
     ];
     for (retries, next_delay) in expected {
-        let info = next_close(&closes);
+        let info = expect_close(&closes, CloseKind::Unreachable, retries, next_delay);
         assert_eq!(info.code, 1006, "{info:?}");
-        assert_close(&info, CloseKind::Unreachable, retries, next_delay);
     }
     // The client did wait: 20 + 40 + 80 + 100 + 100 ms at least.
     let took = went_away.elapsed();
@@ -204,12 +245,7 @@ fn backoff_grows_to_the_cap_and_stops_after_max_retries() {
     assert!(took < Duration::from_secs(5), "five retries took {took:?}");
 
     // Given up: a server listening on the port now hears from nobody.
-    let listener = listen_at(addr);
-    assert!(
-        !connection_within(&listener, QUIET),
-        "the client tried again past max_retries"
-    );
-    assert_no_more_closes(&closes);
+    assert_no_retry(addr, &closes, "the client tried again past max_retries");
     assert_eq!(errors.load(Ordering::SeqCst), 5, "one on_error per attempt");
     assert!(!client.is_connected());
     client.close();
@@ -219,80 +255,60 @@ fn backoff_grows_to_the_cap_and_stops_after_max_retries() {
 fn retry_if_unreachable_false_gives_up_after_the_first_attempt() {
     let addr = free_addr();
     let (on_close, closes) = close_recorder();
-    let errors = Arc::new(AtomicUsize::new(0));
+    let (on_error, errors) = error_counter();
     let client = Client::builder(&format!("ws://{addr}/"))
         .initial_retry_delay(ms(20))
         .retry_delay_jitter(0.0)
         .retry_if_unreachable(false)
         .on_close(on_close)
-        .on_error({
-            let errors = errors.clone();
-            move |_| {
-                errors.fetch_add(1, Ordering::SeqCst);
-            }
-        })
+        .on_error(on_error)
         .build();
 
-    assert_close(&next_close(&closes), CloseKind::Unreachable, 0, None);
+    expect_close(&closes, CloseKind::Unreachable, 0, None);
 
     // A retry would now reach this listener.
-    let listener = listen_at(addr);
-    assert!(
-        !connection_within(&listener, QUIET),
-        "the client retried an unreachable server"
-    );
-    assert_no_more_closes(&closes);
+    assert_no_retry(addr, &closes, "the client retried an unreachable server");
     assert_eq!(errors.load(Ordering::SeqCst), 1);
-    let call = client.call("sum", [1, 1]);
-    assert!(matches!(call, Err(Error::NotConnected)), "{call:?}");
+    assert_not_connected(&client);
     client.close();
+}
+
+/// Cut the client off and refuse it until it has reported the drop and then failed
+/// attempts, the k-th report announcing `delays[k]`; then let it back in and wait for
+/// the reconnect.
+fn refuse_until_delays(
+    proxy: &Proxy,
+    client: &Client,
+    closes: &Receiver<CloseInfo>,
+    delays: &[Duration],
+) {
+    proxy.refuse(true);
+    proxy.cut_all();
+    expect_close(closes, CloseKind::Lost, 0, Some(delays[0]));
+    for (retries, delay) in (1..).zip(&delays[1..]) {
+        expect_close(closes, CloseKind::Unreachable, retries, Some(*delay));
+    }
+    proxy.refuse(false);
+    assert!(wait_until(|| client.is_connected()), "no reconnect");
 }
 
 #[test]
 fn the_backoff_starts_over_after_a_successful_reconnect() {
     let server = common::start();
     let proxy = Proxy::to(&server);
-    let (on_close, closes) = close_recorder();
-    let client = Client::builder(&proxy.url("/"))
-        .initial_retry_delay(ms(20))
-        .retry_delay_growth(2.0)
-        .retry_delay_jitter(0.0)
-        .max_retries(-1)
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(
+        Client::builder(&proxy.url("/"))
+            .initial_retry_delay(ms(20))
+            .retry_delay_growth(2.0)
+            .retry_delay_jitter(0.0)
+            .max_retries(-1),
+    );
 
-    proxy.refuse(true);
-    proxy.cut_all();
-    assert_close(&next_close(&closes), CloseKind::Lost, 0, Some(ms(20)));
-    assert_close(
-        &next_close(&closes),
-        CloseKind::Unreachable,
-        1,
-        Some(ms(40)),
-    );
-    assert_close(
-        &next_close(&closes),
-        CloseKind::Unreachable,
-        2,
-        Some(ms(80)),
-    );
-    proxy.refuse(false);
-    assert!(wait_until(|| client.is_connected()), "no reconnect");
+    refuse_until_delays(&proxy, &client, &closes, &[ms(20), ms(40), ms(80)]);
     assert_no_more_closes(&closes);
 
     // Dropped again: counted from the start, not from where the last outage ended.
-    proxy.refuse(true);
-    proxy.cut_all();
-    assert_close(&next_close(&closes), CloseKind::Lost, 0, Some(ms(20)));
-    assert_close(
-        &next_close(&closes),
-        CloseKind::Unreachable,
-        1,
-        Some(ms(40)),
-    );
-    proxy.refuse(false);
-    assert!(wait_until(|| client.is_connected()), "no reconnect");
+    refuse_until_delays(&proxy, &client, &closes, &[ms(20), ms(40)]);
     client.close();
     server.close();
 }
@@ -300,26 +316,19 @@ fn the_backoff_starts_over_after_a_successful_reconnect() {
 #[test]
 fn reconnect_interval_and_max_reconnects_are_the_first_delay_and_the_retry_cap() {
     let server = common::start();
-    let (on_close, closes) = close_recorder();
-    let client = Client::builder(&url(&server, "/"))
-        .reconnect_interval(ms(30))
-        .max_reconnects(2)
-        .retry_delay_growth(2.0)
-        .retry_delay_jitter(0.0)
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(
+        Client::builder(&url(&server, "/"))
+            .reconnect_interval(ms(30))
+            .max_reconnects(2)
+            .retry_delay_growth(2.0)
+            .retry_delay_jitter(0.0),
+    );
     settle(&client);
 
     server.close();
-    assert_close(&next_close(&closes), CloseKind::Lost, 0, Some(ms(30)));
-    assert_close(
-        &next_close(&closes),
-        CloseKind::Unreachable,
-        1,
-        Some(ms(60)),
-    );
-    assert_close(&next_close(&closes), CloseKind::Unreachable, 2, None);
+    expect_close(&closes, CloseKind::Lost, 0, Some(ms(30)));
+    expect_close(&closes, CloseKind::Unreachable, 1, Some(ms(60)));
+    expect_close(&closes, CloseKind::Unreachable, 2, None);
     assert_eq!(
         closes.recv_timeout(QUIET).err(),
         Some(RecvTimeoutError::Timeout),
@@ -332,26 +341,22 @@ fn reconnect_interval_and_max_reconnects_are_the_first_delay_and_the_retry_cap()
 fn reconnect_false_reports_the_drop_and_makes_no_attempt() {
     let server = common::start();
     let addr = server.local_addr();
-    let (on_close, closes) = close_recorder();
-    let client = Client::builder(&url(&server, "/"))
-        .reconnect(false)
-        .initial_retry_delay(ms(20))
-        .retry_delay_jitter(0.0)
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(
+        Client::builder(&url(&server, "/"))
+            .reconnect(false)
+            .initial_retry_delay(ms(20))
+            .retry_delay_jitter(0.0),
+    );
     settle(&client);
 
     server.close();
-    let lost = next_close(&closes);
+    let lost = expect_close(&closes, CloseKind::Lost, 0, None);
     assert_eq!(lost.code, 1001, "{lost:?}");
-    assert_close(&lost, CloseKind::Lost, 0, None);
-    let listener = listen_at(addr);
-    assert!(
-        !connection_within(&listener, QUIET),
-        "the client reconnected with reconnect(false)"
+    assert_no_retry(
+        addr,
+        &closes,
+        "the client reconnected with reconnect(false)",
     );
-    assert_no_more_closes(&closes);
     client.close();
 }
 
@@ -359,16 +364,11 @@ fn reconnect_false_reports_the_drop_and_makes_no_attempt() {
 fn retry_if_unreachable_false_still_retries_a_server_it_was_connected_to() {
     let server = common::start();
     let addr = server.local_addr();
-    let (on_close, closes) = close_recorder();
-    let client = fast(&url(&server, "/"))
-        .retry_if_unreachable(false)
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(fast(&url(&server, "/")).retry_if_unreachable(false));
 
     server.close();
-    assert_close(&next_close(&closes), CloseKind::Lost, 0, Some(RETRY));
-    assert_close(&next_close(&closes), CloseKind::Unreachable, 1, Some(RETRY));
+    expect_close(&closes, CloseKind::Lost, 0, Some(RETRY));
+    expect_close(&closes, CloseKind::Unreachable, 1, Some(RETRY));
     let server = common::start_at(addr, Server::builder);
     assert!(wait_until(|| client.is_connected()), "no reconnect");
     client.close();
@@ -382,31 +382,20 @@ fn a_restarted_server_gets_login_and_subscriptions_back_before_the_client_is_rea
     let server = common::start();
     let addr = server.local_addr();
     let opens = Arc::new(AtomicUsize::new(0));
-    let (on_close, closes) = close_recorder();
-    let client = fast(&url(&server, "/"))
-        .on_open({
-            let opens = opens.clone();
-            move || {
-                opens.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(fast(&url(&server, "/")).on_open({
+        let opens = opens.clone();
+        move || {
+            opens.fetch_add(1, Ordering::SeqCst);
+        }
+    }));
     let (callback, news) = forwarder();
     client.subscribe("newsUpdate", callback).unwrap();
     login(&client);
     assert!(wait_until(|| opens.load(Ordering::SeqCst) == 1));
 
     server.close();
-    let lost = next_close(&closes);
-    assert_eq!((lost.kind, lost.code), (CloseKind::Lost, 1001), "{lost:?}");
-    assert_eq!(
-        (lost.retries, lost.next_delay),
-        (0, Some(RETRY)),
-        "{lost:?}"
-    );
-    assert!(lost.reconnecting, "{lost:?}");
+    let lost = expect_close(&closes, CloseKind::Lost, 0, Some(RETRY));
+    assert_eq!(lost.code, 1001, "{lost:?}");
 
     let server = common::start_at(addr, Server::builder);
     // A slow login: a call let through before it is answered would fail.
@@ -502,8 +491,7 @@ fn stop_reconnecting_in_on_close_prevents_every_retry_until_open() {
     );
     assert_no_more_closes(&closes);
     assert!(!client.is_connected());
-    let call = client.call("sum", [1, 1]);
-    assert!(matches!(call, Err(Error::NotConnected)), "{call:?}");
+    assert_not_connected(&client);
 
     client.open().expect("open() connects again");
     connections
@@ -515,30 +503,40 @@ fn stop_reconnecting_in_on_close_prevents_every_retry_until_open() {
     server.close();
 }
 
-/// The client, for callbacks that use it; set once the client is built.
-type Slot = Arc<OnceLock<Client>>;
-
-#[test]
-fn close_inside_a_slow_on_close_returns_and_ends_the_client() {
-    let server = common::start();
-    let proxy = Proxy::to(&server);
-    let slot = Slot::default();
-    let (tx, closed) = mpsc::channel();
-    let client = fast(&proxy.url("/"))
+/// Connect with an `on_close` that runs `on_lost` with the client itself on each
+/// report of a lost connection.
+fn connect_with_on_lost(
+    builder: ClientBuilder,
+    on_lost: impl Fn(&Client) + Send + Sync + 'static,
+) -> Client {
+    // The client, for the callback; set once the client is built.
+    let slot = Arc::new(OnceLock::<Client>::new());
+    let client = builder
         .on_close({
             let slot = slot.clone();
             move |info| {
                 if let (CloseKind::Lost, Some(client)) = (info.kind, slot.get()) {
-                    // Past the retry delay: the client is waiting for on_close already.
-                    thread::sleep(5 * RETRY);
-                    client.close();
-                    let _ = tx.send(());
+                    on_lost(client);
                 }
             }
         })
         .connect()
         .unwrap();
     let _ = slot.set(client.clone());
+    client
+}
+
+#[test]
+fn close_inside_a_slow_on_close_returns_and_ends_the_client() {
+    let server = common::start();
+    let proxy = Proxy::to(&server);
+    let (tx, closed) = mpsc::channel();
+    let client = connect_with_on_lost(fast(&proxy.url("/")), move |client| {
+        // Past the retry delay: the client is waiting for on_close already.
+        thread::sleep(5 * RETRY);
+        client.close();
+        let _ = tx.send(());
+    });
 
     proxy.cut_all();
     closed
@@ -555,22 +553,12 @@ fn close_inside_a_slow_on_close_returns_and_ends_the_client() {
 fn open_inside_on_close(restore: bool) -> Result<(), Error> {
     let server = common::start();
     let proxy = Proxy::to(&server);
-    let slot = Slot::default();
     let (tx, opened) = mpsc::channel();
     // No retry of its own within the test: only open() can reconnect it.
-    let client = Client::builder(&proxy.url("/"))
-        .initial_retry_delay(Duration::from_secs(60))
-        .on_close({
-            let slot = slot.clone();
-            move |info| {
-                if let (CloseKind::Lost, Some(client)) = (info.kind, slot.get()) {
-                    let _ = tx.send(client.open());
-                }
-            }
-        })
-        .connect()
-        .unwrap();
-    let _ = slot.set(client.clone());
+    let client = connect_with_on_lost(
+        Client::builder(&proxy.url("/")).initial_retry_delay(Duration::from_secs(60)),
+        move |client| drop(tx.send(client.open())),
+    );
     if restore {
         client.subscribe("newsUpdate", |_| {}).unwrap();
         login(&client);
@@ -614,8 +602,7 @@ fn a_tcp_drop_without_close_frame_is_lost_1006_and_fails_pending_calls_at_once()
         Ok(true)
     });
     let proxy = Proxy::to(&server);
-    let (on_close, closes) = close_recorder();
-    let client = fast(&proxy.url("/")).on_close(on_close).connect().unwrap();
+    let (client, closes) = connect_recording(fast(&proxy.url("/")));
 
     let caller = {
         let client = client.clone();
@@ -635,17 +622,10 @@ fn a_tcp_drop_without_close_frame_is_lost_1006_and_fails_pending_calls_at_once()
         waited < Duration::from_secs(1),
         "failed only after {waited:?}"
     );
-    let lost = next_close(&closes);
-    assert_eq!((lost.kind, lost.code), (CloseKind::Lost, 1006), "{lost:?}");
-    assert_eq!(
-        (lost.retries, lost.next_delay),
-        (0, Some(RETRY)),
-        "{lost:?}"
-    );
-    assert!(lost.reconnecting, "{lost:?}");
+    let lost = expect_close(&closes, CloseKind::Lost, 0, Some(RETRY));
+    assert_eq!(lost.code, 1006, "{lost:?}");
 
-    assert!(wait_until(|| client.is_connected()), "no reconnect");
-    assert_eq!(client.call("sum", [1, 2]).unwrap(), json!(3));
+    assert_reconnects(&client);
     // One report for the drop; the first retry succeeded.
     assert_no_more_closes(&closes);
 
@@ -659,18 +639,13 @@ fn a_tcp_drop_without_close_frame_is_lost_1006_and_fails_pending_calls_at_once()
 #[test]
 fn calls_during_an_outage_fail_not_connected_at_once_by_default() {
     let server = common::start();
-    let (on_close, closes) = close_recorder();
-    let client = fast(&url(&server, "/"))
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(fast(&url(&server, "/")));
 
     server.close();
     let lost = next_close(&closes);
     assert!(lost.reconnecting, "{lost:?}");
     let started = Instant::now();
-    let call = client.call("sum", [1, 1]);
-    assert!(matches!(call, Err(Error::NotConnected)), "{call:?}");
+    assert_not_connected(&client);
     assert!(started.elapsed() < ms(500), "took {:?}", started.elapsed());
     client.close();
 }
@@ -680,12 +655,7 @@ fn wait_while_reconnecting_holds_a_call_until_login_is_restored() {
     let server = common::start();
     let logins = counting_login(&server, ms(150));
     let proxy = Proxy::to(&server);
-    let (on_close, closes) = close_recorder();
-    let client = fast(&proxy.url("/"))
-        .wait_while_reconnecting(true)
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(fast(&proxy.url("/")).wait_while_reconnecting(true));
     login(&client);
 
     proxy.refuse(true);
@@ -719,12 +689,8 @@ fn wait_while_reconnecting_holds_a_call_until_login_is_restored() {
 #[test]
 fn wait_while_reconnecting_gives_timeout_when_no_server_comes_back() {
     let server = common::start();
-    let (on_close, closes) = close_recorder();
-    let client = fast(&url(&server, "/"))
-        .wait_while_reconnecting(true)
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) =
+        connect_recording(fast(&url(&server, "/")).wait_while_reconnecting(true));
 
     server.close();
     next_close(&closes);
@@ -746,18 +712,39 @@ fn heartbeat_config(ping: Option<Duration>, timeout: Option<Duration>) -> Server
     config
 }
 
+/// A fixture server with this config; on_disconnection reports go to the channel.
+fn recording_server(config: ServerConfig) -> (Server, Receiver<DisconnectInfo>) {
+    let (tx, rx) = mpsc::channel();
+    let server = common::start_with(
+        Server::builder()
+            .config(config)
+            .on_disconnection(move |d| drop(tx.send(d.clone()))),
+    );
+    (server, rx)
+}
+
 /// A fixture server with these heartbeats; on_disconnection reports go to the channel.
 fn heartbeat_server(
     ping: Option<Duration>,
     timeout: Option<Duration>,
 ) -> (Server, Receiver<DisconnectInfo>) {
-    let (tx, rx) = mpsc::channel();
-    let server = common::start_with(
-        Server::builder()
-            .config(heartbeat_config(ping, timeout))
-            .on_disconnection(move |d| drop(tx.send(d.clone()))),
+    recording_server(heartbeat_config(ping, timeout))
+}
+
+/// After an idle spell: the server holds just this client and dropped nobody, and
+/// the client is connected.
+fn assert_kept(
+    server: &Server,
+    disconnections: &Receiver<DisconnectInfo>,
+    client: &Client,
+    id: &str,
+) {
+    assert_eq!(server.clients(), [id]);
+    assert!(
+        matches!(disconnections.try_recv(), Err(TryRecvError::Empty)),
+        "the idle client was dropped"
     );
-    (server, rx)
+    assert!(client.is_connected());
 }
 
 #[test]
@@ -811,12 +798,7 @@ fn the_server_keeps_an_idle_client_that_answers_its_pings() {
 
     // Idle for four peer timeouts: a wait for a duration, by design.
     thread::sleep(4 * ms(200));
-    assert_eq!(server.clients(), [id]);
-    assert!(
-        matches!(disconnections.try_recv(), Err(TryRecvError::Empty)),
-        "the idle client was dropped"
-    );
-    assert!(client.is_connected());
+    assert_kept(&server, &disconnections, &client, &id);
     assert_eq!(client.call("sum", [1, 2]).unwrap(), json!(3));
 
     client.close();
@@ -828,13 +810,11 @@ fn the_client_reports_a_silent_server_lost_and_reconnects_when_it_answers_again(
     // The server never pings: only the client's heartbeat acts.
     let (server, _) = heartbeat_server(None, None);
     let proxy = Proxy::to(&server);
-    let (on_close, closes) = close_recorder();
-    let client = fast(&proxy.url("/"))
-        .ping_interval(Some(ms(50)))
-        .peer_timeout(Some(ms(200)))
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(
+        fast(&proxy.url("/"))
+            .ping_interval(Some(ms(50)))
+            .peer_timeout(Some(ms(200))),
+    );
 
     proxy.stall(true);
     let stalled_at = Instant::now();
@@ -855,8 +835,7 @@ fn the_client_reports_a_silent_server_lost_and_reconnects_when_it_answers_again(
 
     // The retry hangs in its handshake while stalled, and completes once bytes flow.
     proxy.stall(false);
-    assert!(wait_until(|| client.is_connected()), "no reconnect");
-    assert_eq!(client.call("sum", [1, 2]).unwrap(), json!(3));
+    assert_reconnects(&client);
     client.close();
     server.close();
 }
@@ -864,30 +843,30 @@ fn the_client_reports_a_silent_server_lost_and_reconnects_when_it_answers_again(
 #[test]
 fn the_client_stays_connected_to_an_idle_server_that_answers_its_pings() {
     let (server, disconnections) = heartbeat_server(None, None);
-    let (on_close, closes) = close_recorder();
-    let client = fast(&url(&server, "/"))
-        .ping_interval(Some(ms(50)))
-        .peer_timeout(Some(ms(200)))
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(
+        fast(&url(&server, "/"))
+            .ping_interval(Some(ms(50)))
+            .peer_timeout(Some(ms(200))),
+    );
     let id = whoami(&client);
 
     // Idle for four peer timeouts: a wait for a duration, by design.
     thread::sleep(4 * ms(200));
     assert_no_more_closes(&closes);
-    assert!(client.is_connected());
-    assert_eq!(server.clients(), [id]);
-    assert!(matches!(
-        disconnections.try_recv(),
-        Err(TryRecvError::Empty)
-    ));
+    assert_kept(&server, &disconnections, &client, &id);
 
     client.close();
     server.close();
 }
 
 // ---------------------------------------------------------------- session resume
+
+/// The config of the session tests: sessions kept for `session_ttl`.
+fn session_config(session_ttl: Option<Duration>) -> ServerConfig {
+    let mut config = common::quick_close(200);
+    config.session_ttl = session_ttl;
+    config
+}
 
 /// A subscribed, logged-in client behind a proxy, and what the server saw of it.
 struct Outage {
@@ -902,12 +881,10 @@ struct Outage {
 
 impl Outage {
     fn new(session_ttl: Option<Duration>) -> Outage {
-        let mut config = common::quick_close(200);
-        config.session_ttl = session_ttl;
         let (tx, connections) = mpsc::channel();
         let server = common::start_with(
             Server::builder()
-                .config(config)
+                .config(session_config(session_ttl))
                 .on_connection(move |c| drop(tx.send(c.clone()))),
         );
         let logins = counting_login(&server, Duration::ZERO);
@@ -1045,20 +1022,10 @@ fn a_session_older_than_session_ttl_is_not_resumed() {
 fn a_client_dropped_for_silence_resumes_its_session() {
     let mut config = heartbeat_config(Some(ms(50)), Some(ms(200)));
     config.session_ttl = Some(Duration::from_secs(10));
-    let (tx, disconnections) = mpsc::channel::<DisconnectInfo>();
-    let server = common::start_with(
-        Server::builder()
-            .config(config)
-            .on_disconnection(move |d| drop(tx.send(d.clone()))),
-    );
+    let (server, disconnections) = recording_server(config);
     let proxy = Proxy::to(&server);
-    let (on_close, closes) = close_recorder();
-    let client = fast(&proxy.url("/"))
-        .ping_interval(None)
-        .peer_timeout(None)
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) =
+        connect_recording(fast(&proxy.url("/")).ping_interval(None).peer_timeout(None));
     let (callback, news) = forwarder();
     client.subscribe("newsUpdate", callback).unwrap();
     let id = whoami(&client);
@@ -1080,18 +1047,11 @@ fn a_client_dropped_for_silence_resumes_its_session() {
 
 #[test]
 fn a_client_dropped_for_a_full_queue_does_not_resume() {
-    let mut config = common::quick_close(200);
-    config.session_ttl = Some(Duration::from_secs(10));
+    let mut config = session_config(Some(Duration::from_secs(10)));
     config.outgoing_queue = 2;
-    let (tx, disconnections) = mpsc::channel::<DisconnectInfo>();
-    let server = common::start_with(
-        Server::builder()
-            .config(config)
-            .on_disconnection(move |d| drop(tx.send(d.clone()))),
-    );
+    let (server, disconnections) = recording_server(config);
     let proxy = Proxy::to(&server);
-    let (on_close, closes) = close_recorder();
-    let client = fast(&proxy.url("/")).on_close(on_close).connect().unwrap();
+    let (client, closes) = connect_recording(fast(&proxy.url("/")));
     client.subscribe("newsUpdate", |_| {}).unwrap();
     let id = whoami(&client);
 
@@ -1153,18 +1113,22 @@ fn raw_whoami(raw: &mut Raw) -> Value {
     raw.call("whoami", json!([]))["result"].clone()
 }
 
+/// Vanish without a close frame.
+fn vanish(raw: Raw) {
+    raw.tcp().shutdown(Shutdown::Both).unwrap();
+    drop(raw);
+}
+
 #[test]
 fn a_client_that_closed_cleanly_leaves_no_session() {
-    let mut config = common::quick_close(200);
-    config.session_ttl = Some(Duration::from_secs(10));
+    let config = session_config(Some(Duration::from_secs(10)));
     let server = common::start_with(Server::builder().config(config));
     let (mut raw, token, resumed) = raw_session(&server, None);
     assert!(!resumed);
     let id = raw_whoami(&mut raw);
 
     // For contrast: vanishing without a close frame leaves a session the token resumes.
-    raw.tcp().shutdown(Shutdown::Both).unwrap();
-    drop(raw);
+    vanish(raw);
     assert!(wait_until(|| server.clients().is_empty()));
     let (mut raw, again, resumed) = raw_session(&server, Some(&token));
     assert!(resumed, "the dropped session was not resumed");
@@ -1212,9 +1176,7 @@ fn flood(server: &Server) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
 #[test]
 fn a_session_claimed_just_before_it_expires_keeps_its_subscriptions() {
     let ttl = ms(30);
-    let mut config = common::quick_close(200);
-    config.session_ttl = Some(ttl);
-    let server = common::start_with(Server::builder().config(config));
+    let server = common::start_with(Server::builder().config(session_config(Some(ttl))));
     let (stop, flooder) = flood(&server);
     let mut outcome = Ok(());
     for trial in 0..30u32 {
@@ -1224,8 +1186,7 @@ fn a_session_claimed_just_before_it_expires_keeps_its_subscriptions() {
             "ok"
         );
         let id = raw_whoami(&mut raw);
-        raw.tcp().shutdown(Shutdown::Both).unwrap();
-        drop(raw);
+        vanish(raw);
         assert!(wait_until(|| !server.clients().iter().any(|c| *c == id)));
         thread::sleep(ttl * (trial % 10) / 20);
         let (mut raw, _, resumed) = raw_session(&server, Some(&token));
@@ -1354,11 +1315,7 @@ fn the_interop_server_closes_gracefully_on_sigterm_and_sigint_and_rebinds_its_po
     let (mut server, addr, errors) = start_interop(&bin, 0);
     let mut raw = Raw::connect(&format!("ws://{addr}/"));
     assert_eq!(raw.call("sum", json!([2, 3]))["result"], 5);
-    let (on_close, closes) = close_recorder();
-    let client = fast(&format!("ws://{addr}/"))
-        .on_close(on_close)
-        .connect()
-        .unwrap();
+    let (client, closes) = connect_recording(fast(&format!("ws://{addr}/")));
     settle(&client);
 
     signal(&server, "TERM");
@@ -1377,8 +1334,7 @@ fn the_interop_server_closes_gracefully_on_sigterm_and_sigint_and_rebinds_its_po
     // client finds it there.
     let (mut server, again, _) = start_interop(&bin, addr.port());
     assert_eq!(again, addr);
-    assert!(wait_until(|| client.is_connected()), "no reconnect");
-    assert_eq!(client.call("sum", [1, 2]).unwrap(), json!(3));
+    assert_reconnects(&client);
     let mut raw = Raw::connect(&format!("ws://{addr}/"));
 
     signal(&server, "INT");
