@@ -127,170 +127,250 @@ fn connect_seeing_subprotocol(
     (Raw { ws }, protocol)
 }
 
+/// Run `test` on a raw client connected at `path` to a fresh `server()`, then `finish`.
+fn with_raw(path: &str, test: impl FnOnce(&Server, &mut Raw)) {
+    let server = server();
+    let mut raw = connect(&server, path);
+    test(&server, &mut raw);
+    finish(server, vec![raw]);
+}
+
+/// The error reply `{"error": {"code": code, "message": message}, "id": id}`.
+fn error_reply(code: i64, message: &str, id: Value) -> Value {
+    json!({"error": {"code": code, "message": message}, "id": id})
+}
+
+/// The error reply `{"error": {"code": code, "message": message, "data": data}, "id": id}`.
+fn error_reply_with_data(code: i64, message: &str, data: &str, id: Value) -> Value {
+    json!({"error": {"code": code, "message": message, "data": data}, "id": id})
+}
+
+/// The error reply `-32600 Invalid Request` with `data`.
+fn invalid(data: &str, id: Value) -> Value {
+    error_reply_with_data(-32600, "Invalid Request", data, id)
+}
+
+/// Assert that `reply` is an error reply with `code`.
+#[track_caller]
+fn assert_error_code(reply: &Value, code: i64) {
+    assert_eq!(reply["error"]["code"], code, "{reply}");
+}
+
+/// Send `request_with_params(method, params, id)` and read the MessagePack reply.
+fn request_raw_params(raw: &mut Raw, method: &str, params: &[u8], id: u8) -> Value {
+    raw.send_binary(&request_with_params(method, params, id));
+    raw.recv_msgpack()
+}
+
+/// Assert that a MessagePack `echo` of `params` with id 1 comes back unchanged.
+#[track_caller]
+fn assert_echoed(raw: &mut Raw, params: &Value) {
+    assert_eq!(
+        raw.request_msgpack(&json!({"method": "echo", "params": params, "id": 1})),
+        json!({"result": params, "id": 1})
+    );
+}
+
+/// Assert that the next frame is the text frame `expected`, to the letter.
+#[track_caller]
+fn assert_next_text(raw: &mut Raw, expected: &str) {
+    assert_eq!(raw.recv_message(), Message::Text(expected.into()));
+}
+
+/// The codec of a request, or of the events a connection gets.
+#[derive(Clone, Copy)]
+enum Codec {
+    Json,
+    Msgpack,
+}
+
+/// Subscribe to `feed` with an `rpc.on` in `codec`, checking the reply.
+fn subscribe_feed(raw: &mut Raw, codec: Codec) {
+    match codec {
+        Codec::Json => subscribe_json(raw, "feed"),
+        Codec::Msgpack => subscribe_msgpack(raw, "feed"),
+    }
+}
+
+/// Emit `feed` with the params of the captured event.
+fn emit_feed(server: &Server) {
+    server.emit("feed", json!({"a": 1})).unwrap();
+}
+
+/// Assert that the next frame is the captured `feed` event in `codec`: exactly the
+/// captured MessagePack frame, or its JSON text frame.
+#[track_caller]
+fn assert_next_feed_event(raw: &mut Raw, codec: Codec) {
+    match codec {
+        Codec::Msgpack => assert_eq!(raw.recv_binary(), hex(CONTRACT_EVENT)),
+        Codec::Json => assert_next_text(raw, r#"{"notification":"feed","params":{"a":1}}"#),
+    }
+}
+
+/// Subscribe to `feed` with a request in `asked_in`, emit it, and check that the event
+/// arrives in `arrives_in`.
+#[track_caller]
+fn feed_event_arrives_in(server: &Server, raw: &mut Raw, asked_in: Codec, arrives_in: Codec) {
+    subscribe_feed(raw, asked_in);
+    emit_feed(server);
+    assert_next_feed_event(raw, arrives_in);
+}
+
+/// Connect to `/` offering the subprotocols `offer` and check that the handshake
+/// echoes `echoed`; then a `feed` subscription asked in `asked_in` must get its event in
+/// `arrives_in`.
+fn subprotocol_selects_events(offer: &str, echoed: &str, asked_in: Codec, arrives_in: Codec) {
+    let server = server();
+    let (mut raw, protocol) = connect_seeing_subprotocol(offering(&server, "/", offer));
+    assert_eq!(protocol.as_deref(), Some(echoed));
+    feed_event_arrives_in(&server, &mut raw, asked_in, arrives_in);
+    finish(server, vec![raw]);
+}
+
 // ---------------------------------------------------------------- raw frames
 
 #[test]
 fn contract_request_frame_gets_exactly_the_contract_reply_frame() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    raw.send_binary(&hex(CONTRACT_REQUEST));
-    assert_eq!(raw.recv_binary(), hex(CONTRACT_REPLY));
-    finish(server, vec![raw]);
+    with_raw("/", |_, raw| {
+        raw.send_binary(&hex(CONTRACT_REQUEST));
+        assert_eq!(raw.recv_binary(), hex(CONTRACT_REPLY));
+    });
 }
 
 #[test]
 fn error_reply_is_a_binary_map_with_code_message_and_data() {
-    let server = server();
-    let mut raw = connect(&server, "/");
+    with_raw("/", |_, raw| {
+        raw.send_msgpack(&json!({"jsonrpc": "2.0", "method": "fail", "id": 1}));
+        let bytes = raw.recv_binary();
+        // A map of two members (fixmap), not a positional array.
+        assert_eq!(bytes[0], 0x82, "{bytes:02x?}");
+        let reply: Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(
+            reply,
+            error_reply_with_data(-32050, "Server error", "Server error details", json!(1))
+        );
 
-    raw.send_msgpack(&json!({"jsonrpc": "2.0", "method": "fail", "id": 1}));
-    let bytes = raw.recv_binary();
-    // A map of two members (fixmap), not a positional array.
-    assert_eq!(bytes[0], 0x82, "{bytes:02x?}");
-    let reply: Value = rmp_serde::from_slice(&bytes).unwrap();
-    assert_eq!(
-        reply,
-        json!({
-            "error": {"code": -32050, "message": "Server error", "data": "Server error details"},
-            "id": 1
-        })
-    );
-
-    // No data: no `data` member.
-    let reply = raw.request_msgpack(&json!({"method": "noSuchMethod", "params": [], "id": 2}));
-    assert_eq!(
-        reply,
-        json!({"error": {"code": -32601, "message": "Method not found"}, "id": 2})
-    );
-    finish(server, vec![raw]);
+        // No data: no `data` member.
+        let reply = raw.request_msgpack(&json!({"method": "noSuchMethod", "params": [], "id": 2}));
+        assert_eq!(reply, error_reply(-32601, "Method not found", json!(2)));
+    });
 }
 
 #[test]
 fn ids_are_echoed_as_they_came() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    for id in [
-        json!(0),
-        json!(-5),
-        json!(1_u64 << 40),
-        json!(u64::MAX),
-        json!(1.5),
-        json!(""),
-        json!("abc"),
-    ] {
-        let reply = raw.request_msgpack(&json!({"method": "sum", "params": [1, 2], "id": id}));
-        assert_eq!(reply, json!({"result": 3, "id": id}), "for id {id}");
-    }
-    finish(server, vec![raw]);
+    with_raw("/", |_, raw| {
+        for id in [
+            json!(0),
+            json!(-5),
+            json!(1_u64 << 40),
+            json!(u64::MAX),
+            json!(1.5),
+            json!(""),
+            json!("abc"),
+        ] {
+            let reply = raw.request_msgpack(&json!({"method": "sum", "params": [1, 2], "id": id}));
+            assert_eq!(reply, json!({"result": 3, "id": id}), "for id {id}");
+        }
+    });
 }
 
 #[test]
 fn notification_gets_no_reply_and_runs_its_handler() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    subscribe_msgpack(&mut raw, "newMessage");
+    with_raw("/", |_, raw| {
+        subscribe_msgpack(raw, "newMessage");
 
-    // A result and a handler error: neither is answered for a notification (no id,
-    // or a nil id).
-    raw.send_msgpack(&json!({"method": "sum", "params": [1, 2]}));
-    raw.send_msgpack(&json!({"method": "fail", "id": null}));
-    raw.send_msgpack(&json!({"method": "emit", "params": ["newMessage", {"n": 1}]}));
-    // The notification to `emit` ran: its event is the next frame.
-    assert_eq!(
-        raw.recv_msgpack(),
-        json!({"notification": "newMessage", "params": {"n": 1}})
-    );
-    next_frame_is_reply_to_a_msgpack_call(&mut raw);
-    finish(server, vec![raw]);
+        // A result and a handler error: neither is answered for a notification (no id,
+        // or a nil id).
+        raw.send_msgpack(&json!({"method": "sum", "params": [1, 2]}));
+        raw.send_msgpack(&json!({"method": "fail", "id": null}));
+        raw.send_msgpack(&json!({"method": "emit", "params": ["newMessage", {"n": 1}]}));
+        // The notification to `emit` ran: its event is the next frame.
+        assert_eq!(
+            raw.recv_msgpack(),
+            json!({"notification": "newMessage", "params": {"n": 1}})
+        );
+        next_frame_is_reply_to_a_msgpack_call(raw);
+    });
 }
 
 #[test]
 fn notification_refused_before_dispatch_is_answered_with_nil_id() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    assert_eq!(
-        raw.request_msgpack(&json!({"method": "noSuchMethod", "params": [1]})),
-        json!({"error": {"code": -32601, "message": "Method not found"}, "id": null})
-    );
-    assert_eq!(
-        raw.request_msgpack(&json!({"method": "cryptic"})),
-        json!({"error": {"code": -32605, "message": "Method forbidden"}, "id": null})
-    );
-    next_frame_is_reply_to_a_msgpack_call(&mut raw);
-    finish(server, vec![raw]);
+    with_raw("/", |_, raw| {
+        assert_eq!(
+            raw.request_msgpack(&json!({"method": "noSuchMethod", "params": [1]})),
+            error_reply(-32601, "Method not found", Value::Null)
+        );
+        assert_eq!(
+            raw.request_msgpack(&json!({"method": "cryptic"})),
+            error_reply(-32605, "Method forbidden", Value::Null)
+        );
+        next_frame_is_reply_to_a_msgpack_call(raw);
+    });
 }
 
 #[test]
 fn batch_replies_in_order_in_one_binary_array_skipping_notifications() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    let batch = json!([
-        {"method": "sum", "params": [1, 2], "id": 1},
-        {"method": "sum", "params": [3, 4]},
-        {"method": "noSuchMethod", "id": "two"},
-        {"method": "echo", "params": {"k": [true, null]}, "id": 3},
-        5,
-    ]);
-    assert_eq!(
-        raw.request_msgpack(&batch),
-        json!([
-            {"result": 3, "id": 1},
-            {"error": {"code": -32601, "message": "Method not found"}, "id": "two"},
-            {"result": {"k": [true, null]}, "id": 3},
-            {"error": {"code": -32600, "message": "Invalid Request"}, "id": null},
-        ])
-    );
+    with_raw("/", |_, raw| {
+        let batch = json!([
+            {"method": "sum", "params": [1, 2], "id": 1},
+            {"method": "sum", "params": [3, 4]},
+            {"method": "noSuchMethod", "id": "two"},
+            {"method": "echo", "params": {"k": [true, null]}, "id": 3},
+            5,
+        ]);
+        assert_eq!(
+            raw.request_msgpack(&batch),
+            json!([
+                {"result": 3, "id": 1},
+                {"error": {"code": -32601, "message": "Method not found"}, "id": "two"},
+                {"result": {"k": [true, null]}, "id": 3},
+                {"error": {"code": -32600, "message": "Invalid Request"}, "id": null},
+            ])
+        );
 
-    // A batch of notifications only: nothing at all.
-    raw.send_msgpack(&json!([
-        {"method": "sum", "params": [1]},
-        {"method": "sum", "params": [2]}
-    ]));
-    next_frame_is_reply_to_a_msgpack_call(&mut raw);
+        // A batch of notifications only: nothing at all.
+        raw.send_msgpack(&json!([
+            {"method": "sum", "params": [1]},
+            {"method": "sum", "params": [2]}
+        ]));
+        next_frame_is_reply_to_a_msgpack_call(raw);
 
-    // More than 15 replies: a wide array header.
-    let calls: Vec<Value> = (0..20)
-        .map(|i| json!({"method": "sum", "params": [i, 1], "id": i}))
-        .collect();
-    let replies: Vec<Value> = (0..20).map(|i| json!({"result": i + 1, "id": i})).collect();
-    assert_eq!(
-        raw.request_msgpack(&Value::from(calls)),
-        Value::from(replies)
-    );
+        // More than 15 replies: a wide array header.
+        let calls: Vec<Value> = (0..20)
+            .map(|i| json!({"method": "sum", "params": [i, 1], "id": i}))
+            .collect();
+        let replies: Vec<Value> = (0..20).map(|i| json!({"result": i + 1, "id": i})).collect();
+        assert_eq!(
+            raw.request_msgpack(&Value::from(calls)),
+            Value::from(replies)
+        );
 
-    // An empty batch is refused as a whole.
-    assert_eq!(
-        raw.request_msgpack(&json!([])),
-        json!({
-            "error": {"code": -32600, "message": "Invalid Request", "data": "Invalid array"},
-            "id": null
-        })
-    );
-    finish(server, vec![raw]);
+        // An empty batch is refused as a whole.
+        assert_eq!(
+            raw.request_msgpack(&json!([])),
+            invalid("Invalid array", Value::Null)
+        );
+    });
 }
 
 #[test]
 fn nil_params_are_absent_params() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    // `echo` takes any value; absent params read as null.
-    assert_eq!(
-        raw.request_msgpack(&json!({"method": "echo", "params": null, "id": 1})),
-        json!({"result": null, "id": 1})
-    );
-    assert_eq!(
-        raw.request_msgpack(&json!({"method": "echo", "id": 2})),
-        json!({"result": null, "id": 2})
-    );
-    // Nil is not an empty array: `sum` wants a list.
-    let reply = raw.request_msgpack(&json!({"method": "sum", "params": null, "id": 3}));
-    assert_eq!(reply["error"]["code"], -32602, "{reply}");
-    // And `rpc.login` with nil params has no params.
-    assert_eq!(
-        raw.request_msgpack(&json!({"method": "rpc.login", "params": null, "id": 4})),
-        json!({"error": {"code": -32604, "message": "Params not found"}, "id": 4})
-    );
-    finish(server, vec![raw]);
+    with_raw("/", |_, raw| {
+        // `echo` takes any value; absent params read as null.
+        assert_echoed(raw, &Value::Null);
+        assert_eq!(
+            raw.request_msgpack(&json!({"method": "echo", "id": 2})),
+            json!({"result": null, "id": 2})
+        );
+        // Nil is not an empty array: `sum` wants a list.
+        let reply = raw.request_msgpack(&json!({"method": "sum", "params": null, "id": 3}));
+        assert_error_code(&reply, -32602);
+        // And `rpc.login` with nil params has no params.
+        assert_eq!(
+            raw.request_msgpack(&json!({"method": "rpc.login", "params": null, "id": 4})),
+            error_reply(-32604, "Params not found", json!(4))
+        );
+    });
 }
 
 #[test]
@@ -307,141 +387,119 @@ fn request_without_jsonrpc_works_and_a_wrong_version_does_not() {
     );
     assert_eq!(
         raw.request_msgpack(&json!({"jsonrpc": "1.0", "method": "sum", "params": [2], "id": 2})),
-        json!({
-            "error": {"code": -32600, "message": "Invalid Request", "data": "Invalid JSON RPC version"},
-            "id": 2
-        })
+        invalid("Invalid JSON RPC version", json!(2))
     );
     finish(server, vec![raw]);
 }
 
 #[test]
 fn values_json_cannot_carry_are_invalid_params_naming_them() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    let cases: [(&[u8], &str); 7] = [
-        // [bin 01 02]
-        (&[0x91, 0xc4, 0x02, 0x01, 0x02], "binary data"),
-        // [fixext1 type 1]
-        (&[0x91, 0xd4, 0x01, 0x00], "an extension type"),
-        // [ext8 of 3 bytes, type 5]
-        (&[0x91, 0xc7, 0x03, 0x05, 1, 2, 3], "an extension type"),
-        // {1: 2}
-        (&[0x81, 0x01, 0x02], "a map key that is not a string"),
-        // ["\xff\xfe"]
-        (&[0x91, 0xa2, 0xff, 0xfe], "a string that is not UTF-8"),
-        // [NaN as float64]
-        (
-            &[0x91, 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0],
-            "a NaN or infinite number",
-        ),
-        // {"a": {"b": bin 07}}: deep inside the params too
-        (
-            &[0x81, 0xa1, b'a', 0x81, 0xa1, b'b', 0xc4, 0x01, 0x07],
-            "binary data",
-        ),
-    ];
-    for (params, problem) in cases {
-        raw.send_binary(&request_with_params("echo", params, 7));
-        let reply = raw.recv_msgpack();
-        assert_eq!(reply["id"], 7, "{reply}");
-        assert_eq!(reply["error"]["code"], -32602, "{reply}");
-        assert_eq!(reply["error"]["message"], "Invalid params", "{reply}");
-        let data = reply["error"]["data"].as_str().unwrap_or_default();
-        assert!(
-            data.contains(problem) && data.contains("JSON cannot carry"),
-            "the data should name {problem}: {reply}"
+    with_raw("/", |_, raw| {
+        let cases: [(&[u8], &str); 7] = [
+            // [bin 01 02]
+            (&[0x91, 0xc4, 0x02, 0x01, 0x02], "binary data"),
+            // [fixext1 type 1]
+            (&[0x91, 0xd4, 0x01, 0x00], "an extension type"),
+            // [ext8 of 3 bytes, type 5]
+            (&[0x91, 0xc7, 0x03, 0x05, 1, 2, 3], "an extension type"),
+            // {1: 2}
+            (&[0x81, 0x01, 0x02], "a map key that is not a string"),
+            // ["\xff\xfe"]
+            (&[0x91, 0xa2, 0xff, 0xfe], "a string that is not UTF-8"),
+            // [NaN as float64]
+            (
+                &[0x91, 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0],
+                "a NaN or infinite number",
+            ),
+            // {"a": {"b": bin 07}}: deep inside the params too
+            (
+                &[0x81, 0xa1, b'a', 0x81, 0xa1, b'b', 0xc4, 0x01, 0x07],
+                "binary data",
+            ),
+        ];
+        for (params, problem) in cases {
+            let reply = request_raw_params(raw, "echo", params, 7);
+            assert_eq!(reply["id"], 7, "{reply}");
+            assert_error_code(&reply, -32602);
+            assert_eq!(reply["error"]["message"], "Invalid params", "{reply}");
+            let data = reply["error"]["data"].as_str().unwrap_or_default();
+            assert!(
+                data.contains(problem) && data.contains("JSON cannot carry"),
+                "the data should name {problem}: {reply}"
+            );
+        }
+        // The built-ins refuse them too: login with a binary password runs no auth.
+        // {"username": "foo", "password": bin "bar"}
+        let mut login = vec![0x82];
+        fixstr(&mut login, "username");
+        fixstr(&mut login, "foo");
+        fixstr(&mut login, "password");
+        login.extend_from_slice(&[0xc4, 0x03, b'b', b'a', b'r']);
+        assert_error_code(&request_raw_params(raw, "rpc.login", &login, 8), -32602);
+        assert_eq!(
+            raw.request_msgpack(&json!({"method": "cryptic", "id": 9})),
+            error_reply(-32605, "Method forbidden", json!(9))
         );
-    }
-    // The built-ins refuse them too: login with a binary password runs no auth.
-    // {"username": "foo", "password": bin "bar"}
-    let mut login = vec![0x82];
-    fixstr(&mut login, "username");
-    fixstr(&mut login, "foo");
-    fixstr(&mut login, "password");
-    login.extend_from_slice(&[0xc4, 0x03, b'b', b'a', b'r']);
-    raw.send_binary(&request_with_params("rpc.login", &login, 8));
-    let reply = raw.recv_msgpack();
-    assert_eq!(reply["error"]["code"], -32602, "{reply}");
-    assert_eq!(
-        raw.request_msgpack(&json!({"method": "cryptic", "id": 9})),
-        json!({"error": {"code": -32605, "message": "Method forbidden"}, "id": 9})
-    );
-    // [bin "feed"]
-    raw.send_binary(&request_with_params(
-        "rpc.on",
-        &[0x91, 0xc4, 0x04, b'f', b'e', b'e', b'd'],
-        10,
-    ));
-    let reply = raw.recv_msgpack();
-    assert_eq!(reply["error"]["code"], -32602, "{reply}");
-    next_frame_is_reply_to_a_msgpack_call(&mut raw);
-    finish(server, vec![raw]);
+        // [bin "feed"]
+        let feed = [0x91, 0xc4, 0x04, b'f', b'e', b'e', b'd'];
+        assert_error_code(&request_raw_params(raw, "rpc.on", &feed, 10), -32602);
+        next_frame_is_reply_to_a_msgpack_call(raw);
+    });
 }
 
 #[test]
 fn wrong_member_types_get_the_contract_errors() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    let invalid = |data: &str, id: Value| json!({"error": {"code": -32600, "message": "Invalid Request", "data": data}, "id": id});
-    // {"method": 5, "id": 1}
-    raw.send_binary(&[
-        0x82, 0xa6, b'm', b'e', b't', b'h', b'o', b'd', 0x05, 0xa2, b'i', b'd', 0x01,
-    ]);
-    assert_eq!(raw.recv_msgpack(), invalid("Invalid method name", json!(1)));
-    // {"method": bin "sum", "id": 2}
-    let mut frame = vec![0x82];
-    fixstr(&mut frame, "method");
-    frame.extend_from_slice(&[0xc4, 0x03, b's', b'u', b'm']);
-    fixstr(&mut frame, "id");
-    frame.push(0x02);
-    raw.send_binary(&frame);
-    assert_eq!(raw.recv_msgpack(), invalid("Invalid method name", json!(2)));
-    // {"method": "sum", "id": [1]}
-    assert_eq!(
-        raw.request_msgpack(&json!({"method": "sum", "params": [1], "id": [1]})),
-        invalid("Invalid id", Value::Null)
-    );
-    // {1: "sum"}
-    raw.send_binary(&[0x81, 0x01, 0xa3, b's', b'u', b'm']);
-    assert_eq!(
-        raw.recv_msgpack(),
-        invalid("map keys must be strings", Value::Null)
-    );
-    // Params that are neither an array nor a map.
-    for params in [json!(5), json!("x"), json!(true)] {
+    with_raw("/", |_, raw| {
+        // {"method": 5, "id": 1}
+        raw.send_binary(&[
+            0x82, 0xa6, b'm', b'e', b't', b'h', b'o', b'd', 0x05, 0xa2, b'i', b'd', 0x01,
+        ]);
+        assert_eq!(raw.recv_msgpack(), invalid("Invalid method name", json!(1)));
+        // {"method": bin "sum", "id": 2}
+        let mut frame = vec![0x82];
+        fixstr(&mut frame, "method");
+        frame.extend_from_slice(&[0xc4, 0x03, b's', b'u', b'm']);
+        fixstr(&mut frame, "id");
+        frame.push(0x02);
+        raw.send_binary(&frame);
+        assert_eq!(raw.recv_msgpack(), invalid("Invalid method name", json!(2)));
+        // {"method": "sum", "id": [1]}
         assert_eq!(
-            raw.request_msgpack(&json!({"method": "echo", "params": params, "id": 3})),
-            json!({"error": {"code": -32600, "message": "Invalid Request"}, "id": 3}),
-            "for params {params}"
+            raw.request_msgpack(&json!({"method": "sum", "params": [1], "id": [1]})),
+            invalid("Invalid id", Value::Null)
         );
-    }
-    // No method at all.
-    assert_eq!(
-        raw.request_msgpack(&json!({"params": [1], "id": 4})),
-        json!({
-            "error": {"code": -32602, "message": "Invalid params", "data": "Method not specified"},
-            "id": 4
-        })
-    );
-    next_frame_is_reply_to_a_msgpack_call(&mut raw);
-    finish(server, vec![raw]);
+        // {1: "sum"}
+        raw.send_binary(&[0x81, 0x01, 0xa3, b's', b'u', b'm']);
+        assert_eq!(
+            raw.recv_msgpack(),
+            invalid("map keys must be strings", Value::Null)
+        );
+        // Params that are neither an array nor a map.
+        for params in [json!(5), json!("x"), json!(true)] {
+            assert_eq!(
+                raw.request_msgpack(&json!({"method": "echo", "params": params, "id": 3})),
+                error_reply(-32600, "Invalid Request", json!(3)),
+                "for params {params}"
+            );
+        }
+        // No method at all.
+        assert_eq!(
+            raw.request_msgpack(&json!({"params": [1], "id": 4})),
+            error_reply_with_data(-32602, "Invalid params", "Method not specified", json!(4))
+        );
+        next_frame_is_reply_to_a_msgpack_call(raw);
+    });
 }
 
 #[test]
 fn large_values_round_trip_with_wide_headers() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    let long = "x".repeat(70_000);
-    let many: Vec<u32> = (0..70_000).collect();
-    let wide: serde_json::Map<String, Value> =
-        (0..20).map(|i| (format!("k{i}"), Value::from(i))).collect();
-    let params = json!([long, many, wide]);
-    assert_eq!(
-        raw.request_msgpack(&json!({"method": "echo", "params": params, "id": 1})),
-        json!({"result": params, "id": 1})
-    );
-    finish(server, vec![raw]);
+    with_raw("/", |_, raw| {
+        let long = "x".repeat(70_000);
+        let many: Vec<u32> = (0..70_000).collect();
+        let wide: serde_json::Map<String, Value> =
+            (0..20).map(|i| (format!("k{i}"), Value::from(i))).collect();
+        assert_echoed(raw, &json!([long, many, wide]));
+    });
 }
 
 /// "The same messages, encoded as MessagePack": a handler's result must reach a
@@ -520,17 +578,17 @@ fn allow_raw_values_method_receives_bytes_and_integer_keys() {
 
     // [bin 01 02 ff]
     let bin = [0x91, 0xc4, 0x03, 0x01, 0x02, 0xff];
-    raw.send_binary(&request_with_params("rawBytes", &bin, 1));
-    assert_eq!(raw.recv_msgpack(), json!({"result": [1, 2, 255], "id": 1}));
-    raw.send_binary(&request_with_params("strictBytes", &bin, 2));
-    let reply = raw.recv_msgpack();
-    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    assert_eq!(
+        request_raw_params(&mut raw, "rawBytes", &bin, 1),
+        json!({"result": [1, 2, 255], "id": 1})
+    );
+    let reply = request_raw_params(&mut raw, "strictBytes", &bin, 2);
+    assert_error_code(&reply, -32602);
 
     // [{1: "a", -2: "b"}]
     let keys = [0x91, 0x82, 0x01, 0xa1, b'a', 0xfe, 0xa1, b'b'];
-    raw.send_binary(&request_with_params("rawKeys", &keys, 3));
     assert_eq!(
-        raw.recv_msgpack(),
+        request_raw_params(&mut raw, "rawKeys", &keys, 3),
         json!({"result": ["-2=b", "1=a"], "id": 3})
     );
 
@@ -544,104 +602,91 @@ fn allow_raw_values_method_receives_bytes_and_integer_keys() {
 
 #[test]
 fn malformed_binary_frames_are_parse_errors_and_the_connection_keeps_working() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    let whole = hex(CONTRACT_REQUEST);
-    let mut deep = vec![0x91; 10_000];
-    deep.push(0xc0);
-    // A request whose params are nested 10,000 deep.
-    let mut deep_params = vec![0x91; 10_000];
-    deep_params.push(0x01);
-    let deep_request = request_with_params("echo", &deep_params, 1);
-    let frames: Vec<(&str, Vec<u8>)> = vec![
-        ("empty", vec![]),
-        ("reserved byte", vec![0xc1]),
-        ("garbage", b"\xc1\xff\x00garbage".to_vec()),
-        ("text that is not JSON", b"hello".to_vec()),
-        ("truncated", whole[..whole.len() - 1].to_vec()),
-        ("truncated in a key", whole[..5].to_vec()),
-        ("trailing bytes", [whole.as_slice(), &[0xc0]].concat()),
-        ("10,000 deep", deep),
-        ("10,000 deep params", deep_request),
-        ("str32 of 4 GiB", vec![0xdb, 0xff, 0xff, 0xff, 0xff, b'a']),
-        ("bin32 of 4 GiB", vec![0xc6, 0xff, 0xff, 0xff, 0xff, 0]),
-        ("array32 of 4 Gi", vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0]),
-        ("map32 of 4 Gi", vec![0xdf, 0xff, 0xff, 0xff, 0xff, 0]),
-        (
-            "params array32 of 4 Gi",
-            request_with_params("echo", &[0xdd, 0xff, 0xff, 0xff, 0xff], 1),
-        ),
-    ];
-    for (what, frame) in frames {
-        raw.send_binary(&frame);
-        let reply = raw.recv_msgpack();
-        assert_eq!(reply["id"], Value::Null, "{what}: {reply}");
-        assert_eq!(reply["error"]["code"], -32700, "{what}: {reply}");
-        assert_eq!(reply["error"]["message"], "Parse error", "{what}: {reply}");
-        assert!(
-            reply["error"]["data"]
-                .as_str()
-                .is_some_and(|d| !d.is_empty()),
-            "{what}: the parser's message is missing: {reply}"
-        );
-        next_frame_is_reply_to_a_msgpack_call(&mut raw);
-    }
-    finish(server, vec![raw]);
+    with_raw("/", |_, raw| {
+        let whole = hex(CONTRACT_REQUEST);
+        let mut deep = vec![0x91; 10_000];
+        deep.push(0xc0);
+        // A request whose params are nested 10,000 deep.
+        let mut deep_params = vec![0x91; 10_000];
+        deep_params.push(0x01);
+        let deep_request = request_with_params("echo", &deep_params, 1);
+        let frames: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("reserved byte", vec![0xc1]),
+            ("garbage", b"\xc1\xff\x00garbage".to_vec()),
+            ("text that is not JSON", b"hello".to_vec()),
+            ("truncated", whole[..whole.len() - 1].to_vec()),
+            ("truncated in a key", whole[..5].to_vec()),
+            ("trailing bytes", [whole.as_slice(), &[0xc0]].concat()),
+            ("10,000 deep", deep),
+            ("10,000 deep params", deep_request),
+            ("str32 of 4 GiB", vec![0xdb, 0xff, 0xff, 0xff, 0xff, b'a']),
+            ("bin32 of 4 GiB", vec![0xc6, 0xff, 0xff, 0xff, 0xff, 0]),
+            ("array32 of 4 Gi", vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0]),
+            ("map32 of 4 Gi", vec![0xdf, 0xff, 0xff, 0xff, 0xff, 0]),
+            (
+                "params array32 of 4 Gi",
+                request_with_params("echo", &[0xdd, 0xff, 0xff, 0xff, 0xff], 1),
+            ),
+        ];
+        for (what, frame) in frames {
+            raw.send_binary(&frame);
+            let reply = raw.recv_msgpack();
+            assert_eq!(reply["id"], Value::Null, "{what}: {reply}");
+            assert_eq!(reply["error"]["code"], -32700, "{what}: {reply}");
+            assert_eq!(reply["error"]["message"], "Parse error", "{what}: {reply}");
+            assert!(
+                reply["error"]["data"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
+                "{what}: the parser's message is missing: {reply}"
+            );
+            next_frame_is_reply_to_a_msgpack_call(raw);
+        }
+    });
 }
 
 #[test]
 fn deep_but_bounded_params_are_accepted() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    let mut nested = json!(1);
-    for _ in 0..100 {
-        nested = json!([nested]);
-    }
-    assert_eq!(
-        raw.request_msgpack(&json!({"method": "echo", "params": nested, "id": 1})),
-        json!({"result": nested, "id": 1})
-    );
-    finish(server, vec![raw]);
+    with_raw("/", |_, raw| {
+        let mut nested = json!(1);
+        for _ in 0..100 {
+            nested = json!([nested]);
+        }
+        assert_echoed(raw, &nested);
+    });
 }
 
 #[test]
-fn non_map_binary_frames_are_invalid_request() {
-    let server = server();
-    let mut raw = connect(&server, "/");
-    for (what, frame) in [
-        ("a number", vec![0x05]),
-        ("nil", vec![0xc0]),
-        ("true", vec![0xc3]),
-        ("a string", vec![0xa3, b's', b'u', b'm']),
-        ("bin", vec![0xc4, 0x01, 0x00]),
-    ] {
-        raw.send_binary(&frame);
-        assert_eq!(
-            raw.recv_msgpack(),
-            json!({"error": {"code": -32600, "message": "Invalid Request"}, "id": null}),
-            "for {what}"
-        );
-    }
-    next_frame_is_reply_to_a_msgpack_call(&mut raw);
-    finish(server, vec![raw]);
+fn non_map_binary_frames_are_invalid() {
+    with_raw("/", |_, raw| {
+        for (what, frame) in [
+            ("a number", vec![0x05]),
+            ("nil", vec![0xc0]),
+            ("true", vec![0xc3]),
+            ("a string", vec![0xa3, b's', b'u', b'm']),
+            ("bin", vec![0xc4, 0x01, 0x00]),
+        ] {
+            raw.send_binary(&frame);
+            assert_eq!(
+                raw.recv_msgpack(),
+                error_reply(-32600, "Invalid Request", Value::Null),
+                "for {what}"
+            );
+        }
+        next_frame_is_reply_to_a_msgpack_call(raw);
+    });
 }
 
 #[test]
 fn binary_frame_holding_json_is_answered_as_json_text() {
-    let server = server();
     // Even on a connection that declared MessagePack.
-    let mut raw = connect(&server, "/?encoding=msgpack");
-    raw.send_binary(br#" {"jsonrpc":"2.0","method":"sum","params":[5,3],"id":1}"#);
-    assert_eq!(
-        raw.recv_message(),
-        Message::Text(r#"{"jsonrpc":"2.0","result":8,"id":1}"#.into())
-    );
-    raw.send_binary(br#"[{"jsonrpc":"2.0","method":"sum","params":[1],"id":2}]"#);
-    assert_eq!(
-        raw.recv_message(),
-        Message::Text(r#"[{"jsonrpc":"2.0","result":1,"id":2}]"#.into())
-    );
-    finish(server, vec![raw]);
+    with_raw("/?encoding=msgpack", |_, raw| {
+        raw.send_binary(br#" {"jsonrpc":"2.0","method":"sum","params":[5,3],"id":1}"#);
+        assert_next_text(raw, r#"{"jsonrpc":"2.0","result":8,"id":1}"#);
+        raw.send_binary(br#"[{"jsonrpc":"2.0","method":"sum","params":[1],"id":2}]"#);
+        assert_next_text(raw, r#"[{"jsonrpc":"2.0","result":1,"id":2}]"#);
+    });
 }
 
 #[test]
@@ -654,10 +699,7 @@ fn text_json_call_on_a_msgpack_connection_is_answered_in_json() {
     next_frame_is_reply_to_a_msgpack_call(&mut settled);
     for raw in [&mut declared, &mut settled] {
         raw.send_text(r#"{"jsonrpc":"2.0","method":"sum","params":[5,3],"id":1}"#);
-        assert_eq!(
-            raw.recv_message(),
-            Message::Text(r#"{"jsonrpc":"2.0","result":8,"id":1}"#.into())
-        );
+        assert_next_text(raw, r#"{"jsonrpc":"2.0","result":8,"id":1}"#);
         // And MessagePack again after it.
         next_frame_is_reply_to_a_msgpack_call(raw);
     }
@@ -668,74 +710,40 @@ fn text_json_call_on_a_msgpack_connection_is_answered_in_json() {
 
 #[test]
 fn query_declared_msgpack_connection_gets_events_as_the_contract_frame() {
-    let server = server();
-    let mut raw = connect(&server, "/?encoding=msgpack");
-    subscribe_msgpack(&mut raw, "feed");
-    server.emit("feed", json!({"a": 1})).unwrap();
-    assert_eq!(raw.recv_binary(), hex(CONTRACT_EVENT));
-    finish(server, vec![raw]);
+    with_raw("/?encoding=msgpack", |server, raw| {
+        feed_event_arrives_in(server, raw, Codec::Msgpack, Codec::Msgpack);
+    });
 }
 
 #[test]
 fn query_declared_msgpack_connection_subscribing_in_json_gets_events_in_msgpack() {
-    let server = server();
-    let mut raw = connect(&server, "/?encoding=msgpack");
     // The reply to a JSON request is JSON; the connection's events stay MessagePack.
-    subscribe_json(&mut raw, "feed");
-    server.emit("feed", json!({"a": 1})).unwrap();
-    assert_eq!(raw.recv_binary(), hex(CONTRACT_EVENT));
-    finish(server, vec![raw]);
+    with_raw("/?encoding=msgpack", |server, raw| {
+        feed_event_arrives_in(server, raw, Codec::Json, Codec::Msgpack);
+    });
 }
 
 #[test]
 fn query_declared_json_connection_gets_events_in_json_after_a_msgpack_subscribe() {
-    let server = server();
-    let mut raw = connect(&server, "/?encoding=json");
-    subscribe_msgpack(&mut raw, "feed");
-    server.emit("feed", json!({"a": 1})).unwrap();
-    assert_eq!(
-        raw.recv_message(),
-        Message::Text(r#"{"notification":"feed","params":{"a":1}}"#.into())
-    );
-    finish(server, vec![raw]);
+    with_raw("/?encoding=json", |server, raw| {
+        feed_event_arrives_in(server, raw, Codec::Msgpack, Codec::Json);
+    });
 }
 
 #[test]
 fn subprotocol_msgpack_is_echoed_and_selects_msgpack_events() {
-    let server = server();
-    let (mut raw, protocol) = connect_seeing_subprotocol(offering(&server, "/", "msgpack"));
-    assert_eq!(protocol.as_deref(), Some("msgpack"));
     // Subscribing in JSON: only the declaration can make the events MessagePack.
-    subscribe_json(&mut raw, "feed");
-    server.emit("feed", json!({"a": 1})).unwrap();
-    assert_eq!(raw.recv_binary(), hex(CONTRACT_EVENT));
-    finish(server, vec![raw]);
+    subprotocol_selects_events("msgpack", "msgpack", Codec::Json, Codec::Msgpack);
 }
 
 #[test]
 fn subprotocol_msgpack_in_a_list_of_offers_is_the_one_echoed() {
-    let server = server();
-    let (mut raw, protocol) =
-        connect_seeing_subprotocol(offering(&server, "/", "chat.v2, msgpack"));
-    assert_eq!(protocol.as_deref(), Some("msgpack"));
-    subscribe_json(&mut raw, "feed");
-    server.emit("feed", json!({"a": 1})).unwrap();
-    assert_eq!(raw.recv_binary(), hex(CONTRACT_EVENT));
-    finish(server, vec![raw]);
+    subprotocol_selects_events("chat.v2, msgpack", "msgpack", Codec::Json, Codec::Msgpack);
 }
 
 #[test]
 fn subprotocol_json_is_echoed_and_beats_a_msgpack_first_frame() {
-    let server = server();
-    let (mut raw, protocol) = connect_seeing_subprotocol(offering(&server, "/", "json"));
-    assert_eq!(protocol.as_deref(), Some("json"));
-    subscribe_msgpack(&mut raw, "feed");
-    server.emit("feed", json!({"a": 1})).unwrap();
-    assert_eq!(
-        raw.recv_message(),
-        Message::Text(r#"{"notification":"feed","params":{"a":1}}"#.into())
-    );
-    finish(server, vec![raw]);
+    subprotocol_selects_events("json", "json", Codec::Msgpack, Codec::Json);
 }
 
 #[test]
@@ -754,8 +762,8 @@ fn without_a_declaration_the_first_frame_decides_the_event_codec() {
     let server = server();
     let mut msgpack_first = connect(&server, "/");
     let mut json_first = connect(&server, "/");
-    subscribe_msgpack(&mut msgpack_first, "feed");
-    subscribe_json(&mut json_first, "feed");
+    subscribe_feed(&mut msgpack_first, Codec::Msgpack);
+    subscribe_feed(&mut json_first, Codec::Json);
     // Later frames in the other codec are answered in that codec...
     assert_eq!(
         msgpack_first.call("sum", json!([1, 2])),
@@ -764,12 +772,9 @@ fn without_a_declaration_the_first_frame_decides_the_event_codec() {
     next_frame_is_reply_to_a_msgpack_call(&mut json_first);
 
     // ...but do not change the connection's codec.
-    server.emit("feed", json!({"a": 1})).unwrap();
-    assert_eq!(msgpack_first.recv_binary(), hex(CONTRACT_EVENT));
-    assert_eq!(
-        json_first.recv_message(),
-        Message::Text(r#"{"notification":"feed","params":{"a":1}}"#.into())
-    );
+    emit_feed(&server);
+    assert_next_feed_event(&mut msgpack_first, Codec::Msgpack);
+    assert_next_feed_event(&mut json_first, Codec::Json);
     finish(server, vec![msgpack_first, json_first]);
 }
 
@@ -866,6 +871,22 @@ fn install_gate(server: &Server) -> (Receiver<()>, mpsc::Sender<()>) {
     (started_rx, release_tx)
 }
 
+/// Run `test` with a MessagePack `Client` connected at `path` to a fresh `server()`,
+/// then close both.
+fn with_msgpack_client(path: &str, test: impl FnOnce(&Server, &Client)) {
+    let server = server();
+    let client = msgpack_client(&server, path);
+    test(&server, &client);
+    client.close();
+    server.close();
+}
+
+/// Assert that `e` has `code` and `message`.
+#[track_caller]
+fn assert_code_and_message(e: &RpcError, code: i64, message: &str) {
+    assert_eq!((e.code, e.message.as_str()), (code, message));
+}
+
 #[test]
 fn msgpack_client_sends_and_reads_messagepack_frames() {
     let server = server();
@@ -885,24 +906,20 @@ fn msgpack_client_sends_and_reads_messagepack_frames() {
 
 #[test]
 fn msgpack_client_call_and_call_as_return_the_result() {
-    let server = server();
-    let client = msgpack_client(&server, "/");
-
-    assert_eq!(client.call("sum", [5, 3]).unwrap(), json!(8));
-    assert_eq!(client.call_as::<i64>("sum", [1, 2, 3]).unwrap(), 6);
-    assert_eq!(client.call_as::<f64>("sum", [0.25, 0.5]).unwrap(), 0.75);
-    let greeting: String = client.call_as("greet", json!({"name": "Ada"})).unwrap();
-    assert_eq!(greeting, "Hello, Ada!");
-    let value = json!({"a": [1, "b", null, true, -2.5, u64::MAX], "é": {}});
-    assert_eq!(client.call("echo", &value).unwrap(), value);
-    // No params and a handler returning nothing.
-    assert_eq!(client.call("echo", ()).unwrap(), Value::Null);
-    assert_eq!(client.call("update", json!([1])).unwrap(), Value::Null);
-    let wrong = client.call_as::<String>("sum", [5, 3]);
-    assert!(matches!(wrong, Err(Error::Codec(_))), "{wrong:?}");
-
-    client.close();
-    server.close();
+    with_msgpack_client("/", |_, client| {
+        assert_eq!(client.call("sum", [5, 3]).unwrap(), json!(8));
+        assert_eq!(client.call_as::<i64>("sum", [1, 2, 3]).unwrap(), 6);
+        assert_eq!(client.call_as::<f64>("sum", [0.25, 0.5]).unwrap(), 0.75);
+        let greeting: String = client.call_as("greet", json!({"name": "Ada"})).unwrap();
+        assert_eq!(greeting, "Hello, Ada!");
+        let value = json!({"a": [1, "b", null, true, -2.5, u64::MAX], "é": {}});
+        assert_eq!(client.call("echo", &value).unwrap(), value);
+        // No params and a handler returning nothing.
+        assert_eq!(client.call("echo", ()).unwrap(), Value::Null);
+        assert_eq!(client.call("update", json!([1])).unwrap(), Value::Null);
+        let wrong = client.call_as::<String>("sum", [5, 3]);
+        assert!(matches!(wrong, Err(Error::Codec(_))), "{wrong:?}");
+    });
 }
 
 #[test]
@@ -937,187 +954,161 @@ fn msgpack_client_call_timeout_gives_timeout_and_the_client_keeps_working() {
 
 #[test]
 fn msgpack_client_notify_runs_the_method() {
-    let server = server();
-    let client = msgpack_client(&server, "/");
-    let (callback, events) = forwarder();
-    client.subscribe("newMessage", callback).unwrap();
+    with_msgpack_client("/", |_, client| {
+        let (callback, events) = forwarder();
+        client.subscribe("newMessage", callback).unwrap();
 
-    client
-        .notify("emit", json!(["newMessage", {"text": "notified"}]))
-        .unwrap();
-    assert_eq!(
-        events.recv_timeout(DEADLINE).expect("the emitted event"),
-        json!({"text": "notified"})
-    );
-    // A notification that fails sends nothing back, and the client carries on.
-    client.notify("fail", ()).unwrap();
-    assert_eq!(client.call("sum", [1, 1]).unwrap(), json!(2));
-
-    client.close();
-    server.close();
+        client
+            .notify("emit", json!(["newMessage", {"text": "notified"}]))
+            .unwrap();
+        assert_eq!(
+            events.recv_timeout(DEADLINE).expect("the emitted event"),
+            json!({"text": "notified"})
+        );
+        // A notification that fails sends nothing back, and the client carries on.
+        client.notify("fail", ()).unwrap();
+        assert_eq!(client.call("sum", [1, 1]).unwrap(), json!(2));
+    });
 }
 
 #[test]
 fn msgpack_client_subscribe_gets_params_and_unsubscribe_stops_them() {
-    let server = server();
-    let client = msgpack_client(&server, "/");
-    let (callback, news) = forwarder();
-    client.subscribe("newsUpdate", callback).unwrap();
-    let (callback, marker) = forwarder();
-    client.subscribe("newMessage", callback).unwrap();
+    with_msgpack_client("/", |server, client| {
+        let (callback, news) = forwarder();
+        client.subscribe("newsUpdate", callback).unwrap();
+        let (callback, marker) = forwarder();
+        client.subscribe("newMessage", callback).unwrap();
 
-    server
-        .emit("newsUpdate", json!({"headline": "hi", "n": [1, 2.5]}))
-        .unwrap();
-    assert_eq!(
-        news.recv_timeout(DEADLINE).unwrap(),
-        json!({"headline": "hi", "n": [1, 2.5]})
-    );
-    server.emit("newsUpdate", json!([1, "x"])).unwrap();
-    assert_eq!(news.recv_timeout(DEADLINE).unwrap(), json!([1, "x"]));
-    server.emit("newsUpdate", 5).unwrap();
-    assert_eq!(news.recv_timeout(DEADLINE).unwrap(), json!([5]));
-
-    client.unsubscribe("newsUpdate").unwrap();
-    server.emit("newsUpdate", json!({"n": "after"})).unwrap();
-    // Events reach one connection in the order they were emitted: once the marker is
-    // in, "after" would have been too.
-    server.emit("newMessage", json!({"marker": true})).unwrap();
-    assert_eq!(
-        marker.recv_timeout(DEADLINE).unwrap(),
-        json!({"marker": true})
-    );
-    let late = news.try_recv();
-    assert!(late.is_err(), "event after unsubscribe: {late:?}");
-
-    // The server's refusal of an unknown event comes back.
-    match client.subscribe("noSuchEvent", |_| {}) {
-        Err(Error::Subscribe { event, reason }) => {
-            assert_eq!(
-                (event.as_str(), reason.as_str()),
-                ("noSuchEvent", "provided event invalid")
-            );
+        for (emitted, received) in [
+            (
+                json!({"headline": "hi", "n": [1, 2.5]}),
+                json!({"headline": "hi", "n": [1, 2.5]}),
+            ),
+            (json!([1, "x"]), json!([1, "x"])),
+            (json!(5), json!([5])),
+        ] {
+            server.emit("newsUpdate", &emitted).unwrap();
+            assert_eq!(news.recv_timeout(DEADLINE).unwrap(), received);
         }
-        other => panic!("expected Error::Subscribe, got {other:?}"),
-    }
 
-    client.close();
-    server.close();
+        client.unsubscribe("newsUpdate").unwrap();
+        server.emit("newsUpdate", json!({"n": "after"})).unwrap();
+        // Events reach one connection in the order they were emitted: once the marker is
+        // in, "after" would have been too.
+        server.emit("newMessage", json!({"marker": true})).unwrap();
+        assert_eq!(
+            marker.recv_timeout(DEADLINE).unwrap(),
+            json!({"marker": true})
+        );
+        let late = news.try_recv();
+        assert!(late.is_err(), "event after unsubscribe: {late:?}");
+
+        // The server's refusal of an unknown event comes back.
+        match client.subscribe("noSuchEvent", |_| {}) {
+            Err(Error::Subscribe { event, reason }) => {
+                assert_eq!(
+                    (event.as_str(), reason.as_str()),
+                    ("noSuchEvent", "provided event invalid")
+                );
+            }
+            other => panic!("expected Error::Subscribe, got {other:?}"),
+        }
+    });
 }
 
 #[test]
 fn msgpack_client_login_opens_protected_methods_and_events() {
-    let server = server();
-    let client = msgpack_client(&server, "/");
+    with_msgpack_client("/", |server, client| {
+        let forbidden = rpc_error(client.call("cryptic", ()));
+        assert_code_and_message(&forbidden, -32605, "Method forbidden");
+        match client.subscribe("secretFeed", |_| {}) {
+            Err(Error::Rpc(e)) => assert_code_and_message(&e, -32606, "Event forbidden"),
+            other => panic!("expected Error::Rpc -32606, got {other:?}"),
+        }
+        let bad = client.login(json!({"username": "foo", "password": "wrong"}));
+        assert!(matches!(bad, Err(Error::AuthFailed)), "{bad:?}");
 
-    let forbidden = rpc_error(client.call("cryptic", ()));
-    assert_eq!(
-        (forbidden.code, forbidden.message.as_str()),
-        (-32605, "Method forbidden")
-    );
-    match client.subscribe("secretFeed", |_| {}) {
-        Err(Error::Rpc(e)) => assert_eq!((e.code, e.message.as_str()), (-32606, "Event forbidden")),
-        other => panic!("expected Error::Rpc -32606, got {other:?}"),
-    }
-    let bad = client.login(json!({"username": "foo", "password": "wrong"}));
-    assert!(matches!(bad, Err(Error::AuthFailed)), "{bad:?}");
-
-    login(&client);
-    assert_eq!(client.call("cryptic", ()).unwrap(), json!("boohoo"));
-    let (callback, secrets) = forwarder();
-    client.subscribe("secretFeed", callback).unwrap();
-    server.emit("secretFeed", json!({"s": 1})).unwrap();
-    assert_eq!(secrets.recv_timeout(DEADLINE).unwrap(), json!({"s": 1}));
-
-    client.close();
-    server.close();
+        login(client);
+        assert_eq!(client.call("cryptic", ()).unwrap(), json!("boohoo"));
+        let (callback, secrets) = forwarder();
+        client.subscribe("secretFeed", callback).unwrap();
+        server.emit("secretFeed", json!({"s": 1})).unwrap();
+        assert_eq!(secrets.recv_timeout(DEADLINE).unwrap(), json!({"s": 1}));
+    });
 }
 
 #[test]
 fn msgpack_client_list_methods_names_the_namespace_methods() {
-    let server = server();
-    let client = msgpack_client(&server, "/");
-    let methods = client.list_methods().unwrap();
-    for name in [
-        "sum",
-        "echo",
-        "fail",
-        "cryptic",
-        "emit",
-        "rpc.login",
-        "__listMethods",
-    ] {
-        assert!(
-            methods.iter().any(|m| m == name),
-            "{name} missing from {methods:?}"
-        );
-    }
-    assert!(!methods.iter().any(|m| m == "newsUpdate"), "{methods:?}");
-    client.close();
-    server.close();
+    with_msgpack_client("/", |_, client| {
+        let methods = client.list_methods().unwrap();
+        for name in [
+            "sum",
+            "echo",
+            "fail",
+            "cryptic",
+            "emit",
+            "rpc.login",
+            "__listMethods",
+        ] {
+            assert!(
+                methods.iter().any(|m| m == name),
+                "{name} missing from {methods:?}"
+            );
+        }
+        assert!(!methods.iter().any(|m| m == "newsUpdate"), "{methods:?}");
+    });
 }
 
 #[test]
 fn msgpack_client_error_replies_keep_code_message_and_data() {
-    let server = server();
-    let client = msgpack_client(&server, "/");
-
-    assert_eq!(
-        rpc_error(client.call("fail", ())),
-        RpcError {
-            code: -32050,
-            message: "Server error".into(),
-            data: Some(json!("Server error details")),
-        }
-    );
-    assert_eq!(
-        rpc_error(client.call("noSuchMethod", [1])),
-        RpcError {
-            code: -32601,
-            message: "Method not found".into(),
-            data: None,
-        }
-    );
-    let invalid = rpc_error(client.call("sum", json!({"not": "a list"})));
-    assert_eq!(
-        (invalid.code, invalid.message.as_str()),
-        (-32602, "Invalid params")
-    );
-    assert!(
-        invalid
-            .data
-            .as_ref()
-            .and_then(Value::as_str)
-            .is_some_and(|d| !d.is_empty()),
-        "{invalid:?}"
-    );
-    // The connection is still good afterwards.
-    assert_eq!(client.call("sum", [1, 1]).unwrap(), json!(2));
-
-    client.close();
-    server.close();
+    with_msgpack_client("/", |_, client| {
+        assert_eq!(
+            rpc_error(client.call("fail", ())),
+            RpcError {
+                code: -32050,
+                message: "Server error".into(),
+                data: Some(json!("Server error details")),
+            }
+        );
+        assert_eq!(
+            rpc_error(client.call("noSuchMethod", [1])),
+            RpcError {
+                code: -32601,
+                message: "Method not found".into(),
+                data: None,
+            }
+        );
+        let invalid = rpc_error(client.call("sum", json!({"not": "a list"})));
+        assert_code_and_message(&invalid, -32602, "Invalid params");
+        assert!(
+            invalid
+                .data
+                .as_ref()
+                .and_then(Value::as_str)
+                .is_some_and(|d| !d.is_empty()),
+            "{invalid:?}"
+        );
+        // The connection is still good afterwards.
+        assert_eq!(client.call("sum", [1, 1]).unwrap(), json!(2));
+    });
 }
 
 #[test]
 fn msgpack_client_namespaces_have_their_own_methods_and_events() {
-    let server = server();
-    let chat = msgpack_client(&server, "/chat");
-
-    assert_eq!(chat.call("sum", [20, 22]).unwrap(), json!(42));
-    assert_eq!(rpc_error(chat.call("cryptic", ())).code, -32601);
-    let mut methods = chat.list_methods().unwrap();
-    methods.sort();
-    assert_eq!(methods, ["__listMethods", "sum"]);
-    let (callback, events) = forwarder();
-    chat.subscribe("chatMessage", callback).unwrap();
-    server
-        .namespace("/chat")
-        .emit("chatMessage", json!({"m": 1}))
-        .unwrap();
-    assert_eq!(events.recv_timeout(DEADLINE).unwrap(), json!({"m": 1}));
-
-    chat.close();
-    server.close();
+    with_msgpack_client("/chat", |server, chat| {
+        assert_eq!(chat.call("sum", [20, 22]).unwrap(), json!(42));
+        assert_eq!(rpc_error(chat.call("cryptic", ())).code, -32601);
+        let mut methods = chat.list_methods().unwrap();
+        methods.sort();
+        assert_eq!(methods, ["__listMethods", "sum"]);
+        let (callback, events) = forwarder();
+        chat.subscribe("chatMessage", callback).unwrap();
+        server
+            .namespace("/chat")
+            .emit("chatMessage", json!({"m": 1}))
+            .unwrap();
+        assert_eq!(events.recv_timeout(DEADLINE).unwrap(), json!({"m": 1}));
+    });
 }
 
 #[test]
