@@ -59,6 +59,13 @@ fn connect(server: &Server, path: &str) -> Raw {
     Raw::connect(&common::url(server, path))
 }
 
+/// A bare TCP connection to `server` whose reads give up after `DEADLINE`.
+fn tcp_to(server: &Server) -> TcpStream {
+    let tcp = TcpStream::connect(server.local_addr()).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp
+}
+
 /// The event the witness listens to; attacks that need events use `newsUpdate`.
 const WITNESS_EVENT: &str = "newMessage";
 /// Time between two rounds of the witness, so that it does not hog a core.
@@ -180,6 +187,43 @@ fn after_attack(server: Server, witness: Witness) {
     server.close();
 }
 
+/// The start of most attacks: a server with `config()` changed by `tweak`, and the
+/// witness connected to it.
+fn attacked(tweak: impl FnOnce(&mut ServerConfig)) -> (Server, Witness) {
+    let mut config = config();
+    tweak(&mut config);
+    let server = start(config);
+    let witness = Witness::start(&server);
+    (server, witness)
+}
+
+/// `attacked`, with the server's disconnections reported on the returned channel.
+fn attacked_watched(
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> (Server, mpsc::Receiver<DisconnectInfo>, Witness) {
+    let mut config = config();
+    tweak(&mut config);
+    let (server, gone) = start_watched(config);
+    let witness = Witness::start(&server);
+    (server, gone, witness)
+}
+
+/// Wait until `connections` are open and every other counter of `server.stats()` is
+/// zero but those `set` sets.
+fn expect_open(server: &Server, connections: usize, set: impl FnOnce(&mut Stats)) {
+    expect_stats(server, |s| {
+        s.connections = connections;
+        set(s);
+    });
+}
+
+/// Wait until the witness is the only connection left and every other counter of
+/// `server.stats()` is zero but those `set` sets; then `after_attack`.
+fn after_attack_expecting(server: Server, witness: Witness, set: impl FnOnce(&mut Stats)) {
+    expect_open(&server, 1, set);
+    after_attack(server, witness);
+}
+
 fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
@@ -201,12 +245,9 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
 #[test]
 fn garbage_before_the_handshake_is_dropped_and_counted() {
     let _guard = shared();
-    let mut config = config();
     // Long enough that a drop within the test's deadline shows the server saw the
     // garbage, rather than its handshake timing out.
-    config.handshake_timeout = Duration::from_secs(60);
-    let server = start(config);
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|c| c.handshake_timeout = Duration::from_secs(60));
 
     let mut tls_hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
     tls_hello.extend(noise(500, 1));
@@ -240,8 +281,7 @@ fn garbage_before_the_handshake_is_dropped_and_counted() {
     ];
     for (what, bytes) in &attacks {
         let started = Instant::now();
-        let mut tcp = TcpStream::connect(server.local_addr()).unwrap();
-        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut tcp = tcp_to(&server);
         // The server may hang up before it has read everything.
         let _ = tcp.write_all(bytes);
         assert!(
@@ -254,11 +294,9 @@ fn garbage_before_the_handshake_is_dropped_and_counted() {
             ms(started.elapsed())
         );
     }
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.handshakes_failed = attacks.len() as u64;
+    after_attack_expecting(server, witness, |s| {
+        s.handshakes_failed = attacks.len() as u64
     });
-    after_attack(server, witness);
 }
 
 /// Whether the peer ends the TCP connection (EOF or reset) before the read timeout;
@@ -269,27 +307,25 @@ fn ended(tcp: &mut TcpStream) -> bool {
         match tcp.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false;
-            }
+            Err(e) if timed_out(&e) => return false,
             Err(_) => return true,
         }
     }
+}
+
+/// Whether a read failed only because its timeout ran out.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 #[test]
 fn half_handshake_then_silence_is_dropped_at_the_deadline() {
     let _guard = shared();
     let timeout = Duration::from_secs(1);
-    let mut config = config();
-    config.handshake_timeout = timeout;
-    let server = start(config);
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|c| c.handshake_timeout = timeout);
 
     let full = common::upgrade_request(&server, "/", &[]);
     let without_blank_line = full.strip_suffix("\r\n").unwrap().to_owned();
@@ -301,8 +337,7 @@ fn half_handshake_then_silence_is_dropped_at_the_deadline() {
     let started = Instant::now();
     let mut streams = Vec::new();
     for (what, bytes) in &attacks {
-        let mut tcp = TcpStream::connect(server.local_addr()).unwrap();
-        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut tcp = tcp_to(&server);
         tcp.write_all(bytes.as_bytes()).unwrap();
         streams.push((what, tcp));
     }
@@ -322,21 +357,16 @@ fn half_handshake_then_silence_is_dropped_at_the_deadline() {
             ms(waited)
         );
     }
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.handshakes_failed = attacks.len() as u64;
+    after_attack_expecting(server, witness, |s| {
+        s.handshakes_failed = attacks.len() as u64
     });
-    after_attack(server, witness);
 }
 
 #[test]
 fn header_dribbled_a_byte_at_a_time_is_dropped_by_the_handshake_deadline() {
     let _guard = shared();
     let timeout = Duration::from_millis(500);
-    let mut config = config();
-    config.handshake_timeout = timeout;
-    let server = start(config);
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|c| c.handshake_timeout = timeout);
 
     let mut tcp = TcpStream::connect(server.local_addr()).unwrap();
     // The pause between two bytes: each read of the server is well inside the timeout,
@@ -359,11 +389,7 @@ fn header_dribbled_a_byte_at_a_time_is_dropped_by_the_handshake_deadline() {
                 break;
             }
             Ok(n) => panic!("the server answered a partial request with {n} bytes"),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if timed_out(&e) => {}
             Err(_) => {
                 dropped = true;
                 break;
@@ -379,14 +405,13 @@ fn header_dribbled_a_byte_at_a_time_is_dropped_by_the_handshake_deadline() {
         ms(waited),
         ms(timeout)
     );
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.handshakes_failed = 1;
-    });
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |s| s.handshakes_failed = 1);
 }
 
 // ---------------------------------------------------------------- frames
+
+/// A call the server answers, as the text of a frame.
+const SUM_CALL: &[u8] = br#"{"jsonrpc":"2.0","method":"sum","params":[1,2],"id":1}"#;
 
 /// Each attack ends its own connection with close `code`, reported once to
 /// on_disconnection with that code.
@@ -420,8 +445,7 @@ fn attack_with_frames(server: &Server, bytes: &[u8]) -> (Option<u16>, bool) {
 #[test]
 fn invalid_utf8_in_a_text_frame_is_closed_with_1007() {
     let _guard = shared();
-    let (server, gone) = start_watched(config());
-    let witness = Witness::start(&server);
+    let (server, gone, witness) = attacked_watched(|_| {});
 
     let mut split = ws_frame(OP_TEXT, false, b"[\"\xe2\x82");
     split.extend(ws_frame(OP_CONTINUATION, true, b"\x28\"]"));
@@ -447,21 +471,17 @@ fn invalid_utf8_in_a_text_frame_is_closed_with_1007() {
         ),
     ];
     each_closes_with(&server, &gone, &attacks, 1007);
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.protocol_errors = attacks.len() as u64;
+    after_attack_expecting(server, witness, |s| {
+        s.protocol_errors = attacks.len() as u64
     });
-    after_attack(server, witness);
 }
 
 #[test]
 fn truncated_frame_then_close_ends_only_that_connection() {
     let _guard = shared();
-    let (server, gone) = start_watched(config());
-    let witness = Witness::start(&server);
+    let (server, gone, witness) = attacked_watched(|_| {});
 
-    let call = br#"{"jsonrpc":"2.0","method":"sum","params":[1,2],"id":1}"#;
-    let whole = ws_frame(OP_TEXT, true, call);
+    let whole = ws_frame(OP_TEXT, true, SUM_CALL);
     let mut then_close_frame = whole[..20].to_vec();
     then_close_frame.extend(ws_frame(OP_CLOSE, true, &[0x03, 0xe8]));
     let attacks = [
@@ -471,7 +491,7 @@ fn truncated_frame_then_close_ends_only_that_connection() {
         ("a cut frame, then a close frame", then_close_frame),
         (
             "a first fragment only",
-            ws_frame(OP_TEXT, false, &call[..10]),
+            ws_frame(OP_TEXT, false, &SUM_CALL[..10]),
         ),
     ];
     for (what, bytes) in &attacks {
@@ -484,22 +504,15 @@ fn truncated_frame_then_close_ends_only_that_connection() {
         assert_eq!(info.code, 1006, "{what}: {info:?}");
     }
     // No protection kicked in: a client that hangs up is no attack on the protocol.
-    expect_stats(&server, |s| s.connections = 1);
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |_| {});
 }
 
 #[test]
 fn oversized_message_is_closed_with_1009() {
     let _guard = shared();
-    let mut config = config();
-    config.max_message_size = 1024;
-    let (server, gone) = start_watched(config);
-    let witness = Witness::start(&server);
+    let (server, gone, witness) = attacked_watched(|c| c.max_message_size = 1024);
 
-    let big = format!(
-        r#"{{"jsonrpc":"2.0","method":"echo","params":["{}"],"id":1}}"#,
-        "x".repeat(2048)
-    );
+    let big = json_call("echo", &format!(r#"["{}"]"#, "x".repeat(2048)), 1);
     // Fragments each within the limit whose sum is over it.
     let mut fragments = ws_frame(OP_TEXT, false, &[b' '; 500]);
     fragments.extend(ws_frame(OP_CONTINUATION, false, &[b' '; 500]));
@@ -516,31 +529,23 @@ fn oversized_message_is_closed_with_1009() {
     each_closes_with(&server, &gone, &attacks, 1009);
     // A message at the limit is still served.
     let mut raw = connect(&server, "/");
-    let fits = format!(
-        r#"{{"jsonrpc":"2.0","method":"echo","params":["{}"],"id":1}}"#,
-        "x".repeat(1024 - 54)
-    );
+    let fits = json_call("echo", &format!(r#"["{}"]"#, "x".repeat(1024 - 54)), 1);
     assert_eq!(fits.len(), 1024);
     assert_eq!(
         raw.request(&fits)["result"][0].as_str().map(str::len),
         Some(970)
     );
     drop(raw);
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.oversized_messages = attacks.len() as u64;
+    after_attack_expecting(server, witness, |s| {
+        s.oversized_messages = attacks.len() as u64
     });
-    after_attack(server, witness);
 }
 
 #[test]
 fn frame_larger_than_max_message_size_is_refused_at_its_header() {
     let _guard = shared();
-    let mut config = config();
     // Only the message limit is lowered; the frame limit keeps its 16 MiB default.
-    config.max_message_size = 64 << 10;
-    let (server, gone) = start_watched(config);
-    let witness = Witness::start(&server);
+    let (server, gone, witness) = attacked_watched(|c| c.max_message_size = 64 << 10);
 
     // A header announcing 8 MiB, and the first KiB of the payload. A server that
     // honours max_message_size refuses at the header; one that does not waits for (and
@@ -565,47 +570,33 @@ fn frame_larger_than_max_message_size_is_refused_at_its_header() {
     );
     let info = gone.recv_timeout(DEADLINE).expect("a disconnection");
     assert_eq!(info.code, 1009);
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.oversized_messages = 1;
-    });
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |s| s.oversized_messages = 1);
 }
 
 #[test]
 fn unmasked_client_frame_is_closed_with_1002() {
     let _guard = shared();
-    let (server, gone) = start_watched(config());
-    let witness = Witness::start(&server);
+    let (server, gone, witness) = attacked_watched(|_| {});
 
-    let call = br#"{"jsonrpc":"2.0","method":"sum","params":[1,2],"id":1}"#;
-    let (code, ended) = attack_with_frames(&server, &ws_frame_raw(0x80 | OP_TEXT, None, call));
-    assert_eq!(code, Some(1002));
-    assert!(ended, "the connection stayed open");
-    assert_eq!(gone.recv_timeout(DEADLINE).expect("gone").code, 1002);
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.protocol_errors = 1;
-    });
-    after_attack(server, witness);
+    let unmasked = ws_frame_raw(0x80 | OP_TEXT, None, SUM_CALL);
+    each_closes_with(&server, &gone, &[("an unmasked frame", unmasked)], 1002);
+    after_attack_expecting(server, witness, |s| s.protocol_errors = 1);
 }
 
 #[test]
 fn other_protocol_violations_are_closed_with_1002() {
     let _guard = shared();
-    let (server, gone) = start_watched(config());
-    let witness = Witness::start(&server);
+    let (server, gone, witness) = attacked_watched(|_| {});
 
-    let call = br#"{"jsonrpc":"2.0","method":"sum","params":[1,2],"id":1}"#;
     let mask = Some([9, 8, 7, 6]);
     let mut interleaved = ws_frame(OP_TEXT, false, b"[1,");
     interleaved.extend(ws_frame(OP_TEXT, true, b"2]"));
     let attacks = [
         (
             "a reserved bit",
-            ws_frame_raw(0x80 | 0x40 | OP_TEXT, mask, call),
+            ws_frame_raw(0x80 | 0x40 | OP_TEXT, mask, SUM_CALL),
         ),
-        ("data opcode 3", ws_frame_raw(0x80 | 0x3, mask, call)),
+        ("data opcode 3", ws_frame_raw(0x80 | 0x3, mask, SUM_CALL)),
         ("control opcode 11", ws_frame_raw(0x80 | 0xb, mask, b"")),
         ("a fragmented ping", ws_frame_raw(OP_PING, mask, b"p")),
         ("a ping of 126 bytes", ws_frame(OP_PING, true, &[b'p'; 126])),
@@ -617,18 +608,15 @@ fn other_protocol_violations_are_closed_with_1002() {
         ("a close frame of one byte", ws_frame(OP_CLOSE, true, &[3])),
     ];
     each_closes_with(&server, &gone, &attacks, 1002);
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.protocol_errors = attacks.len() as u64;
+    after_attack_expecting(server, witness, |s| {
+        s.protocol_errors = attacks.len() as u64
     });
-    after_attack(server, witness);
 }
 
 #[test]
 fn frame_header_declaring_100_mb_allocates_nothing_and_is_closed_with_1009() {
     let _guard = exclusive();
-    let (server, gone) = start_watched(config());
-    let witness = Witness::start(&server);
+    let (server, gone, witness) = attacked_watched(|_| {});
 
     let before = rss_kib();
     let lengths = [100_000_000u64, i64::MAX as u64, u64::MAX];
@@ -661,10 +649,7 @@ fn frame_header_declaring_100_mb_allocates_nothing_and_is_closed_with_1009() {
         grown < 20 << 10,
         "resident memory grew by {grown} KiB for frames that were never sent"
     );
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.oversized_messages = wires.len() as u64;
-    });
+    expect_open(&server, 1, |s| s.oversized_messages = wires.len() as u64);
     drop(wires);
     after_attack(server, witness);
 }
@@ -676,6 +661,11 @@ fn nested(depth: usize) -> String {
     format!("{}{}", "[".repeat(depth), "]".repeat(depth))
 }
 
+/// The JSON text of a call; `params` and `id` are JSON text too.
+fn json_call(method: &str, params: &str, id: impl std::fmt::Display) -> String {
+    format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params},"id":{id}}}"#)
+}
+
 /// MessagePack arrays nested `depth` levels deep around nil.
 fn nested_msgpack(depth: usize) -> Vec<u8> {
     let mut bytes = vec![0x91; depth];
@@ -683,26 +673,31 @@ fn nested_msgpack(depth: usize) -> Vec<u8> {
     bytes
 }
 
-/// MessagePack `{"method": "echo", "params": <params>, "id": 1}`.
-fn msgpack_echo(params: &[u8]) -> Vec<u8> {
+/// MessagePack `{"method": <method>, "params": <params>, "id": <id>}`, for a
+/// `method` of under 32 bytes and an `id` under 128.
+fn msgpack_call(method: &str, params: &[u8], id: u8) -> Vec<u8> {
     let mut bytes = vec![0x83, 0xa6];
     bytes.extend_from_slice(b"method");
-    bytes.extend_from_slice(&[0xa4]);
-    bytes.extend_from_slice(b"echo");
+    bytes.push(0xa0 | method.len() as u8);
+    bytes.extend_from_slice(method.as_bytes());
     bytes.extend_from_slice(&[0xa6]);
     bytes.extend_from_slice(b"params");
     bytes.extend_from_slice(params);
     bytes.extend_from_slice(&[0xa2]);
     bytes.extend_from_slice(b"id");
-    bytes.push(0x01);
+    bytes.push(id);
     bytes
+}
+
+/// MessagePack `{"method": "echo", "params": <params>, "id": 1}`.
+fn msgpack_echo(params: &[u8]) -> Vec<u8> {
+    msgpack_call("echo", params, 1)
 }
 
 #[test]
 fn nesting_10000_deep_gets_an_error_reply_in_both_codecs() {
     let _guard = shared();
-    let server = start(config());
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|_| {});
     let mut raw = connect(&server, "/");
 
     let deep = nested(10_000);
@@ -710,10 +705,10 @@ fn nesting_10000_deep_gets_an_error_reply_in_both_codecs() {
     let json_frames = [
         deep.clone(),
         deep_object.clone(),
-        format!(r#"{{"jsonrpc":"2.0","method":"echo","params":{deep},"id":1}}"#),
-        format!(r#"{{"jsonrpc":"2.0","method":"echo","params":[{deep_object}],"id":1}}"#),
-        format!(r#"{{"jsonrpc":"2.0","method":"sum","params":[1],"id":{deep}}}"#),
-        format!(r#"[{{"jsonrpc":"2.0","method":"echo","params":{deep},"id":1}}]"#),
+        json_call("echo", &deep, 1),
+        json_call("echo", &format!("[{deep_object}]"), 1),
+        json_call("sum", "[1]", &deep),
+        format!("[{}]", json_call("echo", &deep, 1)),
     ];
     for frame in &json_frames {
         raw.send_text(frame);
@@ -761,9 +756,7 @@ fn nesting_10000_deep_gets_an_error_reply_in_both_codecs() {
 
     // Nesting within the limit is answered, in both codecs.
     let allowed = nested(100);
-    raw.send_text(&format!(
-        r#"{{"jsonrpc":"2.0","method":"echo","params":{allowed},"id":1}}"#
-    ));
+    raw.send_text(&json_call("echo", &allowed, 1));
     assert_eq!(
         raw.recv_text(),
         format!(r#"{{"jsonrpc":"2.0","result":{allowed},"id":1}}"#)
@@ -778,31 +771,25 @@ fn nesting_10000_deep_gets_an_error_reply_in_both_codecs() {
     // The attacker's own connection is fine too.
     assert_eq!(raw.call("sum", json!([1, 2]))["result"], 3);
     drop(raw);
-    expect_stats(&server, |s| s.connections = 1);
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |_| {});
 }
 
 #[test]
 fn million_element_params_are_answered_with_bounded_memory() {
     let _guard = exclusive();
-    let server = start(config());
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|_| {});
     let before = rss_kib();
     let mut peak = before;
 
     let ones = format!("[{}1]", "1,".repeat(999_999));
     let mut raw = connect(&server, "/");
-    raw.send_text(&format!(
-        r#"{{"jsonrpc":"2.0","method":"sum","params":{ones},"id":1}}"#
-    ));
+    raw.send_text(&json_call("sum", &ones, 1));
     assert_eq!(
         raw.recv(),
         json!({"jsonrpc": "2.0", "result": 1_000_000, "id": 1})
     );
     peak = peak.max(rss_kib());
-    raw.send_text(&format!(
-        r#"{{"jsonrpc":"2.0","method":"echo","params":{ones},"id":2}}"#
-    ));
+    raw.send_text(&json_call("echo", &ones, 2));
     let echoed = raw.recv();
     assert_eq!(echoed["id"], 2);
     assert_eq!(echoed["result"].as_array().map(Vec::len), Some(1_000_000));
@@ -810,9 +797,7 @@ fn million_element_params_are_answered_with_bounded_memory() {
     peak = peak.max(rss_kib());
     // A million empty objects: refused by the handler's type, not by the process.
     let objects = format!("[{}{{}}]", "{},".repeat(999_999));
-    raw.send_text(&format!(
-        r#"{{"jsonrpc":"2.0","method":"sum","params":{objects},"id":3}}"#
-    ));
+    raw.send_text(&json_call("sum", &objects, 3));
     let refused = raw.recv();
     assert_eq!(refused["error"]["code"], -32602, "{refused:.200}");
     peak = peak.max(rss_kib());
@@ -821,17 +806,7 @@ fn million_element_params_are_answered_with_bounded_memory() {
     let mut params = vec![0xdd];
     params.extend_from_slice(&1_000_000u32.to_be_bytes());
     params.extend(std::iter::repeat_n(0x01, 1_000_000));
-    let mut frame = vec![0x83, 0xa6];
-    frame.extend_from_slice(b"method");
-    frame.extend_from_slice(&[0xa3]);
-    frame.extend_from_slice(b"sum");
-    frame.extend_from_slice(&[0xa6]);
-    frame.extend_from_slice(b"params");
-    frame.extend_from_slice(&params);
-    frame.extend_from_slice(&[0xa2]);
-    frame.extend_from_slice(b"id");
-    frame.push(0x04);
-    raw.send_binary(&frame);
+    raw.send_binary(&msgpack_call("sum", &params, 4));
     assert_eq!(raw.recv_msgpack(), json!({"result": 1_000_000, "id": 4}));
     raw.send_binary(&msgpack_echo(&params));
     let echoed = raw.recv_msgpack();
@@ -854,6 +829,14 @@ fn million_element_params_are_answered_with_bounded_memory() {
         "{kept} KiB stayed resident after the connection closed"
     );
     after_attack(server, witness);
+}
+
+/// Subscribe `raw` to `newsUpdate`, which the server lets it do.
+fn subscribe_to_news(raw: &mut Raw) {
+    assert_eq!(
+        raw.call("rpc.on", json!(["newsUpdate"]))["result"],
+        json!({"newsUpdate": "ok"})
+    );
 }
 
 /// The codec a matrix case is sent in.
@@ -1043,8 +1026,7 @@ fn msgpack_request(field: &str, value: &[u8]) -> Vec<u8> {
 #[test]
 fn wrong_types_in_every_request_field_get_the_contracts_error_in_both_codecs() {
     let _guard = shared();
-    let server = start(config());
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|_| {});
     let mut raw = connect(&server, "/");
     let mut failures = Vec::new();
     let mut cases = 0;
@@ -1158,8 +1140,7 @@ fn wrong_types_in_every_request_field_get_the_contracts_error_in_both_codecs() {
         failures.join("\n")
     );
     drop(raw);
-    expect_stats(&server, |s| s.connections = 1);
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |_| {});
 }
 
 #[test]
@@ -1190,8 +1171,7 @@ fn nan_method_is_method_not_specified_as_in_javascript() {
 #[test]
 fn rpc_on_and_off_with_every_type_of_params_never_crash() {
     let _guard = shared();
-    let server = start(config());
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|_| {});
     let mut raw = connect(&server, "/");
     let mut failures = Vec::new();
     let mut cases = 0;
@@ -1242,10 +1222,7 @@ fn rpc_on_and_off_with_every_type_of_params_never_crash() {
             };
             for codec in [Codec::Json, Codec::MsgPack] {
                 let frame = match codec {
-                    Codec::Json => {
-                        format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{text},"id":7}}"#)
-                            .into_bytes()
-                    }
+                    Codec::Json => json_call(method, text, 7).into_bytes(),
                     Codec::MsgPack => rmp_serde::to_vec_named(
                         &json!({"jsonrpc": "2.0", "method": method, "params": value, "id": 7}),
                     )
@@ -1289,25 +1266,20 @@ fn rpc_on_and_off_with_every_type_of_params_never_crash() {
     );
     // The connection's subscriptions are consistent: the last call was rpc.off of
     // newsUpdate, so it is not subscribed; subscribing again works and delivers.
-    assert_eq!(
-        raw.call("rpc.on", json!(["newsUpdate"]))["result"],
-        json!({"newsUpdate": "ok"})
-    );
+    subscribe_to_news(&mut raw);
     server.emit("newsUpdate", json!(["after"])).unwrap();
     assert_eq!(
         raw.recv(),
         json!({"notification": "newsUpdate", "params": ["after"]})
     );
     drop(raw);
-    expect_stats(&server, |s| s.connections = 1);
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |_| {});
 }
 
 #[test]
 fn login_flood_is_answered_false_and_leaves_others_alone() {
     let _guard = shared();
-    let server = start(config());
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|_| {});
     // Logged in before the flood; it stays logged in.
     let mut member = connect(&server, "/");
     assert_eq!(
@@ -1359,17 +1331,13 @@ fn login_flood_is_answered_false_and_leaves_others_alone() {
 
     assert_eq!(member.call("cryptic", json!([]))["result"], "boohoo");
     drop(member);
-    expect_stats(&server, |s| s.connections = 1);
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |_| {});
 }
 
 #[test]
 fn batch_over_max_batch_size_is_refused_whole() {
     let _guard = shared();
-    let mut config = config();
-    config.max_batch_size = 10;
-    let server = start(config);
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|c| c.max_batch_size = 10);
     let mut raw = connect(&server, "/");
 
     let call = |id: usize| json!({"jsonrpc": "2.0", "method": "sum", "params": [id, 1], "id": id});
@@ -1377,41 +1345,34 @@ fn batch_over_max_batch_size_is_refused_whole() {
         "error": error(-32600, "Invalid Request", Some("Batch too large: at most 10 requests")),
         "id": null
     });
+    // Send the batch `frame`, then a probe: only `too_large` comes back besides.
+    let mut refused = |codec: Codec, frame: &[u8], size: &str| {
+        let got = exchange_with_probe(&mut raw, codec, frame, 1);
+        let name = match codec {
+            Codec::Json => "JSON",
+            Codec::MsgPack => "MessagePack",
+        };
+        assert_eq!(
+            got,
+            std::slice::from_ref(&too_large),
+            "a {name} batch of {size}"
+        );
+    };
     for size in [11, 1000] {
         let batch: Vec<Value> = (0..size).map(call).collect();
         let text = serde_json::to_string(&batch).unwrap();
-        let got = exchange_with_probe(&mut raw, Codec::Json, text.as_bytes(), 1);
-        assert_eq!(
-            got,
-            std::slice::from_ref(&too_large),
-            "a JSON batch of {size}"
-        );
+        refused(Codec::Json, text.as_bytes(), &size.to_string());
         let bytes = rmp_serde::to_vec_named(&batch).unwrap();
-        let got = exchange_with_probe(&mut raw, Codec::MsgPack, &bytes, 1);
-        assert_eq!(
-            got,
-            std::slice::from_ref(&too_large),
-            "a MessagePack batch of {size}"
-        );
+        refused(Codec::MsgPack, &bytes, &size.to_string());
     }
     // A million (empty) requests: refused as a whole, without a reply per item.
     let started = Instant::now();
     let million = format!("[{}{{}}]", "{},".repeat(999_999));
-    let got = exchange_with_probe(&mut raw, Codec::Json, million.as_bytes(), 1);
-    assert_eq!(
-        got,
-        std::slice::from_ref(&too_large),
-        "a JSON batch of a million"
-    );
+    refused(Codec::Json, million.as_bytes(), "a million");
     let mut million = vec![0xdd];
     million.extend_from_slice(&1_000_000u32.to_be_bytes());
     million.extend(std::iter::repeat_n(0x80, 1_000_000));
-    let got = exchange_with_probe(&mut raw, Codec::MsgPack, &million, 1);
-    assert_eq!(
-        got,
-        std::slice::from_ref(&too_large),
-        "a MessagePack batch of a million"
-    );
+    refused(Codec::MsgPack, &million, "a million");
     eprintln!("batches of a million refused in {:?}", started.elapsed());
     // Within the limit, every call is answered in order.
     let batch: Vec<Value> = (0..10).map(call).collect();
@@ -1422,8 +1383,7 @@ fn batch_over_max_batch_size_is_refused_whole() {
         .collect();
     assert_eq!(replies, json!(expected));
     drop(raw);
-    expect_stats(&server, |s| s.connections = 1);
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |_| {});
 }
 
 // ---------------------------------------------------------------- slow clients
@@ -1442,21 +1402,12 @@ fn event_number(text: &str, payload_len: usize) -> u64 {
 #[test]
 fn client_that_never_reads_large_events_is_dropped_with_1008() {
     let _guard = shared();
-    let mut config = config();
-    config.outgoing_queue = 8;
-    let (server, gone) = start_watched(config);
-    let witness = Witness::start(&server);
+    let (server, gone, witness) = attacked_watched(|c| c.outgoing_queue = 8);
 
-    let subscribe = |raw: &mut Raw| {
-        assert_eq!(
-            raw.call("rpc.on", json!(["newsUpdate"]))["result"],
-            json!({"newsUpdate": "ok"})
-        );
-    };
     let mut stalled = connect(&server, "/?socket_id=stalled");
-    subscribe(&mut stalled);
+    subscribe_to_news(&mut stalled);
     let mut good = connect(&server, "/?socket_id=good");
-    subscribe(&mut good);
+    subscribe_to_news(&mut good);
     let payload = "x".repeat(1 << 20);
     let payload_len = payload.len();
     let (seen_tx, seen_rx) = mpsc::channel::<u64>();
@@ -1469,6 +1420,11 @@ fn client_that_never_reads_large_events_is_dropped_with_1008() {
             }
         }
     });
+    let next_seen = || {
+        seen_rx
+            .recv_timeout(DEADLINE)
+            .expect("the good client gets the event")
+    };
     let mut seen = Vec::new();
     let mut emitted = 0u64;
     let mut dropped = None;
@@ -1476,11 +1432,7 @@ fn client_that_never_reads_large_events_is_dropped_with_1008() {
     while emitted < 300 && after_drop < 5 {
         // The good subscriber reads as it goes: only the stalled one falls behind.
         while seen.len() as u64 + 2 <= emitted {
-            seen.push(
-                seen_rx
-                    .recv_timeout(DEADLINE)
-                    .expect("the good client gets the event"),
-            );
+            seen.push(next_seen());
         }
         server.emit("newsUpdate", (emitted, &payload)).unwrap();
         emitted += 1;
@@ -1491,11 +1443,7 @@ fn client_that_never_reads_large_events_is_dropped_with_1008() {
         }
     }
     while (seen.len() as u64) < emitted {
-        seen.push(
-            seen_rx
-                .recv_timeout(DEADLINE)
-                .expect("the good client gets the event"),
-        );
+        seen.push(next_seen());
     }
     assert_eq!(
         seen,
@@ -1511,10 +1459,7 @@ fn client_that_never_reads_large_events_is_dropped_with_1008() {
         ),
         ("stalled", 1008, "outgoing queue full")
     );
-    expect_stats(&server, |s| {
-        s.connections = 2;
-        s.slow_clients_dropped = 1;
-    });
+    expect_open(&server, 2, |s| s.slow_clients_dropped = 1);
     drop(stalled);
     assert_serves(&server);
     witness.finish();
@@ -1525,11 +1470,10 @@ fn client_that_never_reads_large_events_is_dropped_with_1008() {
 #[test]
 fn client_that_stops_reading_its_replies_is_timed_out() {
     let _guard = shared();
-    let mut config = config();
-    config.ping_interval = Some(Duration::from_millis(200));
-    config.peer_timeout = Some(Duration::from_millis(600));
-    let (server, gone) = start_watched(config);
-    let witness = Witness::start(&server);
+    let (server, gone, witness) = attacked_watched(|c| {
+        c.ping_interval = Some(Duration::from_millis(200));
+        c.peer_timeout = Some(Duration::from_millis(600));
+    });
 
     // Requests whose replies (16 MiB in all) are more than the socket buffers hold, and
     // then silence: the client neither reads nor sends anything.
@@ -1560,18 +1504,15 @@ fn client_that_stops_reading_its_replies_is_timed_out() {
         ms(started.elapsed()),
         server.stats()
     );
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.peers_timed_out = 1;
-    });
+    expect_open(&server, 1, |s| s.peers_timed_out = 1);
     drop(stalled);
     after_attack(server, witness);
 }
 
 // ---------------------------------------------------------------- admission
 
-/// Expect the handshake to `path` to be refused with HTTP `status`.
-fn refused_with(server: &Server, request: tungstenite::handshake::client::Request, status: u16) {
+/// Expect the handshake of `request` to be refused with HTTP `status`.
+fn refused_with(server: &Server, request: impl IntoClientRequest, status: u16) {
     match tungstenite::connect(request) {
         Err(tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), status, "{response:?}")
@@ -1587,10 +1528,7 @@ fn refused_with(server: &Server, request: tungstenite::handshake::client::Reques
 #[test]
 fn connection_past_max_connections_gets_503_and_the_first_n_keep_working() {
     let _guard = shared();
-    let mut config = config();
-    config.max_connections = 4;
-    let server = start(config);
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|c| c.max_connections = 4);
     let url = common::url(&server, "/");
 
     // The witness and three more: four.
@@ -1599,48 +1537,36 @@ fn connection_past_max_connections_gets_503_and_the_first_n_keep_working() {
         assert_eq!(raw.call("sum", json!([n, 1]))["result"], n + 1);
     }
     for _ in 0..5 {
-        refused_with(&server, url.as_str().into_client_request().unwrap(), 503);
+        refused_with(&server, url.as_str(), 503);
     }
     // A client that sends nothing is refused at once too (before any thread).
-    let mut silent = TcpStream::connect(server.local_addr()).unwrap();
-    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut silent = tcp_to(&server);
     let mut answer = String::new();
     let _ = silent.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    expect_stats(&server, |s| {
-        s.connections = 4;
-        s.refused_full = 6;
-    });
+    expect_open(&server, 4, |s| s.refused_full = 6);
     // The first four keep working.
     for (n, raw) in open.iter_mut().enumerate() {
         assert_eq!(raw.call("sum", json!([n, 2]))["result"], n + 2);
     }
     // A place given back is taken again.
     drop(open.pop());
-    expect_stats(&server, |s| {
-        s.connections = 3;
-        s.refused_full = 6;
-    });
+    expect_open(&server, 3, |s| s.refused_full = 6);
     let mut again = connect(&server, "/");
     assert_eq!(again.call("sum", json!([1, 1]))["result"], 2);
-    refused_with(&server, url.as_str().into_client_request().unwrap(), 503);
+    refused_with(&server, url.as_str(), 503);
     drop(again);
     drop(open);
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.refused_full = 7;
-    });
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |s| s.refused_full = 7);
 }
 
 #[test]
 fn slow_calls_do_not_give_back_their_connections_place() {
     let _guard = shared();
-    let mut config = config();
-    config.max_connections = 2;
-    config.max_connections_per_ip = 2;
-    let server = start(config);
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|c| {
+        c.max_connections = 2;
+        c.max_connections_per_ip = 2;
+    });
     let url = common::url(&server, "/");
 
     // The second and last place: a client whose call runs past slow_call_threshold, so
@@ -1671,66 +1597,47 @@ fn slow_calls_do_not_give_back_their_connections_place() {
         extra.len(),
         2 + extra.len()
     );
-    expect_stats(&server, |s| {
-        s.connections = 2;
-        s.refused_full = 3;
-    });
+    expect_open(&server, 2, |s| s.refused_full = 3);
     drop(slow);
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.refused_full = 3;
-    });
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |s| s.refused_full = 3);
 }
 
 #[test]
 fn connection_past_max_connections_per_ip_gets_429() {
     let _guard = shared();
-    let mut config = config();
-    config.max_connections = 100;
-    config.max_connections_per_ip = 3;
-    let server = start(config);
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|c| {
+        c.max_connections = 100;
+        c.max_connections_per_ip = 3;
+    });
     let url = common::url(&server, "/");
 
     let mut open: Vec<Raw> = (0..2).map(|_| connect(&server, "/")).collect();
     for _ in 0..3 {
-        refused_with(&server, url.as_str().into_client_request().unwrap(), 429);
+        refused_with(&server, url.as_str(), 429);
     }
-    expect_stats(&server, |s| {
-        s.connections = 3;
-        s.refused_per_address = 3;
-    });
+    expect_open(&server, 3, |s| s.refused_per_address = 3);
     for (n, raw) in open.iter_mut().enumerate() {
         assert_eq!(raw.call("sum", json!([n, 1]))["result"], n + 1);
     }
     drop(open.pop());
-    expect_stats(&server, |s| {
-        s.connections = 2;
-        s.refused_per_address = 3;
-    });
+    expect_open(&server, 2, |s| s.refused_per_address = 3);
     let mut again = connect(&server, "/");
     assert_eq!(again.call("sum", json!([1, 1]))["result"], 2);
     drop(again);
     drop(open);
     // The fresh client of after_attack is let in too: the count per address went down.
-    expect_stats(&server, |s| {
-        s.connections = 1;
-        s.refused_per_address = 3;
-    });
-    after_attack(server, witness);
+    after_attack_expecting(server, witness, |s| s.refused_per_address = 3);
 }
 
 #[test]
 fn origin_not_in_allowed_origins_gets_403() {
     let _guard = shared();
-    let mut config = config();
-    config.allowed_origins = Some(vec![
-        "https://good.example".to_owned(),
-        "http://localhost:8080".to_owned(),
-    ]);
-    let server = start(config);
-    let witness = Witness::start(&server);
+    let (server, witness) = attacked(|c| {
+        c.allowed_origins = Some(vec![
+            "https://good.example".to_owned(),
+            "http://localhost:8080".to_owned(),
+        ])
+    });
     let url = common::url(&server, "/");
     let with_origin = |origin: &str| {
         let mut request = url.as_str().into_client_request().unwrap();
@@ -1752,8 +1659,7 @@ fn origin_not_in_allowed_origins_gets_403() {
     for origin in refused {
         refused_with(&server, with_origin(origin), 403);
     }
-    expect_stats(&server, |s| {
-        s.connections = 1;
+    expect_open(&server, 1, |s| {
         s.refused_origin = refused.len() as u64;
         // A deliberate refusal is counted as such, not as a failed handshake.
         s.handshakes_failed = 0;
@@ -1766,10 +1672,8 @@ fn origin_not_in_allowed_origins_gets_403() {
     let mut plain = connect(&server, "/");
     assert_eq!(plain.call("sum", json!([1, 2]))["result"], 3);
     drop(plain);
-    expect_stats(&server, |s| {
-        s.connections = 1;
+    after_attack_expecting(server, witness, |s| {
         s.refused_origin = refused.len() as u64;
         s.handshakes_failed = 0;
     });
-    after_attack(server, witness);
 }
