@@ -618,3 +618,15 @@ pub fn rss_kib() -> u64 {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("a VmRSS line")
 }
+
+/// `__listMethods` of the fixture's namespace `/`: it names each of `names` (methods,
+/// the protocol's own included) and no event.
+pub fn assert_lists_methods(methods: &[String], names: &[&str]) {
+    for name in names {
+        assert!(
+            methods.iter().any(|m| m == name),
+            "{name} missing from {methods:?}"
+        );
+    }
+    assert!(!methods.iter().any(|m| m == "newsUpdate"), "{methods:?}");
+}
