@@ -4,9 +4,8 @@
 //! namespace's table; the encoded reply (if any) comes back. Subscriptions are recorded
 //! in the session and reported to the dispatcher, which does the fan-out.
 
-use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value};
 
@@ -14,10 +13,10 @@ use super::dispatcher::Command;
 use super::registry::NamespaceTable;
 use super::{Context, Server};
 use crate::error::{RpcError, codes};
-use crate::lock;
 use crate::protocol::{Call, Codec, Encoded, Incoming, Item, Params, Reply};
 
-/// One connection as the rules see it.
+/// One connection as the rules see it. Who it is subscribed to is not here: the
+/// dispatcher owns subscriptions, and `rpc.on` / `rpc.off` ask it.
 pub(crate) struct Session {
     /// The dispatcher's key for the connection (socket ids need not be unique).
     pub key: u64,
@@ -25,13 +24,9 @@ pub(crate) struct Session {
     pub namespace: String,
     /// The token that resumes this session after a drop (with `session_ttl`).
     pub token: Option<String>,
-    state: Mutex<SessionState>,
-}
-
-#[derive(Default)]
-struct SessionState {
-    logged_in: bool,
-    subscriptions: HashSet<String>,
+    /// Set by a successful `rpc.login`; read by handlers and by the dispatcher when it
+    /// parks the session. An atomic: nobody ever waits for it.
+    logged_in: AtomicBool,
 }
 
 impl Session {
@@ -41,23 +36,17 @@ impl Session {
             socket_id,
             namespace,
             token: None,
-            state: Mutex::default(),
+            logged_in: AtomicBool::new(false),
         }
     }
 
-    /// Take over a resumed session's login and subscriptions.
-    pub(crate) fn restore(&self, logged_in: bool, subscriptions: &[String]) {
-        let mut state = lock(&self.state);
-        state.logged_in = logged_in;
-        state.subscriptions = subscriptions.iter().cloned().collect();
-    }
-
-    pub(crate) fn subscriptions(&self) -> Vec<String> {
-        lock(&self.state).subscriptions.iter().cloned().collect()
+    /// Take over a resumed session's login (its subscriptions are the dispatcher's).
+    pub(crate) fn restore(&self, logged_in: bool) {
+        self.logged_in.store(logged_in, Ordering::SeqCst);
     }
 
     pub(crate) fn logged_in(&self) -> bool {
-        lock(&self.state).logged_in
+        self.logged_in.load(Ordering::SeqCst)
     }
 }
 
@@ -147,8 +136,9 @@ fn event_names(params: Params<'_>) -> Result<Vec<String>, Failure> {
     params.parse::<Vec<String>>().map_err(Failure::Refused)
 }
 
-/// `rpc.on` (`subscribe`) or `rpc.off`: a verdict per event name, and the dispatcher
-/// told of what changed.
+/// `rpc.on` (`subscribe`) or `rpc.off`: a verdict per event name. The dispatcher owns
+/// subscriptions: the known names go to it and it answers which of them changed. No
+/// lock is held meanwhile (the send may wait for room in its channel).
 fn change_subscriptions(
     server: &Server,
     session: &Session,
@@ -158,39 +148,45 @@ fn change_subscriptions(
     subscribe: bool,
 ) -> Result<Encoded, Failure> {
     let names = event_names(params)?;
-    let mut state = lock(&session.state);
     // All or nothing: a forbidden event refuses the whole request.
-    if subscribe && !state.logged_in && names.iter().any(|n| table.event(n) == Some(true)) {
+    if subscribe && !session.logged_in() && names.iter().any(|n| table.event(n) == Some(true)) {
         return Err(refused(codes::EVENT_FORBIDDEN));
     }
+    let known: Vec<String> = names
+        .iter()
+        .filter(|n| table.event(n).is_some())
+        .cloned()
+        .collect();
+    let mut changed = if known.is_empty() {
+        Vec::new()
+    } else {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        server.dispatch(Command::Subscriptions {
+            key: session.key,
+            events: known,
+            subscribe,
+            reply,
+        });
+        answer.recv().map_err(|_| {
+            Failure::Failed(
+                RpcError::standard(codes::INTERNAL_ERROR).with_data("the server is shutting down"),
+            )
+        })?
+    }
+    .into_iter();
+    // The names in the order they came: a repeated name's last verdict stands.
     let mut results = Map::new();
-    let mut changed = Vec::new();
     for name in names {
         let verdict = if table.event(&name).is_none() {
             "provided event invalid"
-        } else if subscribe && !state.subscriptions.insert(name.clone()) {
-            "socket has already been subscribed to event"
-        } else if !subscribe && !state.subscriptions.remove(&name) {
-            "not subscribed"
-        } else {
-            changed.push(name.clone());
+        } else if changed.next() == Some(true) {
             "ok"
+        } else if subscribe {
+            "socket has already been subscribed to event"
+        } else {
+            "not subscribed"
         };
         results.insert(name, Value::from(verdict));
-    }
-    if !changed.is_empty() {
-        let key = session.key;
-        server.dispatch(if subscribe {
-            Command::Subscribe {
-                key,
-                events: changed,
-            }
-        } else {
-            Command::Unsubscribe {
-                key,
-                events: changed,
-            }
-        });
     }
     encode(codec, &results)
 }
@@ -211,7 +207,7 @@ fn login(
     let ctx = context(server, session);
     let accepted = guarded("rpc.login", || auth(params, &ctx))?;
     if accepted {
-        lock(&session.state).logged_in = true;
+        session.logged_in.store(true, Ordering::SeqCst);
     }
     encode(codec, &accepted)
 }
@@ -405,18 +401,50 @@ mod tests {
         );
     }
 
+    /// Stands in for the dispatcher: answers subscription changes from a set of its
+    /// own, and records what it was asked.
+    fn answer_subscriptions(f: &Fixture) -> Arc<std::sync::Mutex<Vec<(Vec<String>, bool)>>> {
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (commands, record) = (f.commands.clone(), asked.clone());
+        std::thread::spawn(move || {
+            let mut subscribed = std::collections::HashSet::new();
+            while let Ok(command) = commands.recv() {
+                if let Command::Subscriptions {
+                    key: 1,
+                    events,
+                    subscribe,
+                    reply,
+                } = command
+                {
+                    let changed = events
+                        .iter()
+                        .map(|e| match subscribe {
+                            true => subscribed.insert(e.clone()),
+                            false => subscribed.remove(e),
+                        })
+                        .collect();
+                    crate::lock(&record).push((events, subscribe));
+                    let _ = reply.send(changed);
+                }
+            }
+        });
+        asked
+    }
+
     #[test]
-    fn subscribe_answers_per_event_and_tells_the_dispatcher() {
+    fn subscribe_answers_per_event_from_what_the_dispatcher_changed() {
         let f = fixture();
+        let asked = answer_subscriptions(&f);
         let result = &f.call("rpc.on", json!(["news", "nope"]))["result"];
         assert_eq!(
             result,
             &json!({"news": "ok", "nope": "provided event invalid"})
         );
-        match f.commands.try_recv() {
-            Ok(Command::Subscribe { key: 1, events }) => assert_eq!(events, ["news"]),
-            _ => panic!("the dispatcher was not told"),
-        }
+        assert_eq!(
+            crate::lock(&asked).as_slice(),
+            [(vec!["news".to_owned()], true)],
+            "the dispatcher was not asked for the known event alone"
+        );
         let again = &f.call("rpc.on", json!(["news"]))["result"];
         assert_eq!(
             again,
@@ -427,6 +455,46 @@ mod tests {
             off,
             &json!({"news": "not subscribed", "nope": "provided event invalid"})
         );
+        let unknown_only = &f.call("rpc.on", json!(["nope"]))["result"];
+        assert_eq!(unknown_only, &json!({"nope": "provided event invalid"}));
+        assert_eq!(
+            crate::lock(&asked).len(),
+            3,
+            "asked about unknown events only"
+        );
+    }
+
+    #[test]
+    fn a_subscription_waiting_for_a_full_dispatcher_queue_leaves_the_session_readable() {
+        // The dispatcher reads a session when it parks it; if rpc.on held the session
+        // while waiting for room in the dispatcher's queue, the two would wait for each
+        // other for good.
+        let f = Arc::new(fixture());
+        while !f.commands.is_full() {
+            f.server.try_dispatch(Command::Wake);
+        }
+        let caller = f.clone();
+        let call = std::thread::spawn(move || caller.call("rpc.on", json!(["news"])));
+        // The call is stuck until the queue has room. Look at the session a few times
+        // over a short window, as the dispatcher would.
+        for _ in 0..10 {
+            let (reader, (tx, rx)) = (f.clone(), crossbeam_channel::bounded(1));
+            std::thread::spawn(move || tx.send(reader.session.logged_in()));
+            assert!(
+                rx.recv_timeout(std::time::Duration::from_millis(200))
+                    .is_ok(),
+                "the session stayed locked while rpc.on waited for the dispatcher"
+            );
+        }
+        // Make room; the dispatcher never answers (it is shutting down, say).
+        let mut seen = false;
+        while !seen {
+            let command = f.commands.recv().unwrap();
+            seen = matches!(command, Command::Subscriptions { .. });
+        }
+        let reply = call.join().unwrap();
+        assert_eq!(reply["error"]["code"], -32603);
+        assert_eq!(reply["error"]["data"], "the server is shutting down");
     }
 
     #[test]
@@ -452,12 +520,17 @@ mod tests {
     #[test]
     fn a_forbidden_event_subscribes_nothing() {
         let f = fixture();
+        let asked = answer_subscriptions(&f);
         assert_eq!(
             f.call("rpc.on", json!(["news", "vault"]))["error"],
             json!({"code": -32606, "message": "Event forbidden"})
         );
-        assert!(f.commands.try_recv().is_err());
         assert_eq!(f.call("rpc.on", json!(["news"]))["result"]["news"], "ok");
+        assert_eq!(
+            crate::lock(&asked).len(),
+            1,
+            "the forbidden request asked too"
+        );
     }
 
     #[test]

@@ -36,13 +36,13 @@ pub(crate) enum Command {
     },
     /// A resuming connection failed its handshake.
     Unclaim(String),
-    Subscribe {
+    /// `rpc.on` (`subscribe`) or `rpc.off` of known events, in request order; the
+    /// answer says, name by name, whether it changed anything.
+    Subscriptions {
         key: u64,
         events: Vec<String>,
-    },
-    Unsubscribe {
-        key: u64,
-        events: Vec<String>,
+        subscribe: bool,
+        reply: Sender<Vec<bool>>,
     },
     /// Send an event to its subscribers; `params` is already an array or object.
     Emit {
@@ -169,33 +169,14 @@ impl Dispatcher {
                 let _ = reply.send(claimed);
             }
             Command::Unclaim(token) => self.parking.unclaim(&token, Instant::now()),
-            Command::Subscribe { key, events } => {
-                let Some(conn) = self.conns.get(&key) else {
-                    return;
-                };
-                let ns = self
-                    .namespaces
-                    .entry(conn.session.namespace.clone())
-                    .or_default();
-                for event in events {
-                    let subscribers = ns.subscribers.entry(event).or_default();
-                    subscribers.insert(key, conn.clone());
-                }
-            }
-            Command::Unsubscribe { key, events } => {
-                let Some(conn) = self.conns.get(&key) else {
-                    return;
-                };
-                if let Some(ns) = self.namespaces.get_mut(&conn.session.namespace) {
-                    for event in events {
-                        if let Some(subscribers) = ns.subscribers.get_mut(&event) {
-                            subscribers.remove(&key);
-                            if subscribers.is_empty() {
-                                ns.subscribers.remove(&event);
-                            }
-                        }
-                    }
-                }
+            Command::Subscriptions {
+                key,
+                events,
+                subscribe,
+                reply,
+            } => {
+                let changed = self.change_subscriptions(key, events, subscribe);
+                let _ = reply.send(changed);
             }
             Command::Emit {
                 namespace,
@@ -264,6 +245,52 @@ impl Dispatcher {
         self.conns.insert(key, conn);
     }
 
+    /// Subscribe connection `key` to `events` or unsubscribe it, one by one; whether
+    /// each changed anything. A connection already gone changes nothing.
+    fn change_subscriptions(
+        &mut self,
+        key: u64,
+        events: Vec<String>,
+        subscribe: bool,
+    ) -> Vec<bool> {
+        let Some(conn) = self.conns.get(&key).cloned() else {
+            return vec![false; events.len()];
+        };
+        let ns = self
+            .namespaces
+            .entry(conn.session.namespace.clone())
+            .or_default();
+        events
+            .into_iter()
+            .map(|event| {
+                if subscribe {
+                    let subscribers = ns.subscribers.entry(event).or_default();
+                    subscribers.insert(key, conn.clone()).is_none()
+                } else {
+                    let Some(subscribers) = ns.subscribers.get_mut(&event) else {
+                        return false;
+                    };
+                    let removed = subscribers.remove(&key).is_some();
+                    if subscribers.is_empty() {
+                        ns.subscribers.remove(&event);
+                    }
+                    removed
+                }
+            })
+            .collect()
+    }
+
+    /// The events connection `key` of namespace `ns` is subscribed to.
+    fn subscriptions_of(&self, ns: &str, key: u64) -> Vec<String> {
+        self.namespaces.get(ns).map_or_else(Vec::new, |ns| {
+            ns.subscribers
+                .iter()
+                .filter(|(_, subscribers)| subscribers.contains_key(&key))
+                .map(|(event, _)| event.clone())
+                .collect()
+        })
+    }
+
     fn forget(&mut self, key: u64, resumable: bool) {
         let Some(conn) = self.conns.remove(&key) else {
             return;
@@ -321,7 +348,7 @@ impl Dispatcher {
             conn.session.socket_id.clone(),
             conn.session.namespace.clone(),
             conn.session.logged_in(),
-            conn.session.subscriptions(),
+            self.subscriptions_of(&conn.session.namespace, conn.session.key),
             conn.codec(),
             conn.take_unsent(),
             ttl,
@@ -386,7 +413,8 @@ impl Dispatcher {
                 conn.close(&self.server, 1001, "server shutting down");
                 self.conns.insert(conn.session.key, conn);
             }
-            Command::Emit { .. } | Command::Subscribe { .. } | Command::Unsubscribe { .. } => {}
+            // Dropping the reply tells the caller the server is shutting down.
+            Command::Emit { .. } | Command::Subscriptions { .. } => {}
             other => self.handle(other),
         }
     }

@@ -5,10 +5,16 @@ use serde_json::{Value, json};
 
 use super::Server;
 use super::calls::{self, Session};
+use super::dispatcher::{Command, Dispatcher};
 use crate::protocol::Codec;
 
 pub(crate) fn dispatch(data: &[u8]) {
     let (server, commands) = Server::detached();
+    // rpc.on and rpc.off ask the dispatcher.
+    let dispatcher = std::thread::spawn({
+        let server = server.clone();
+        move || Dispatcher::new(server, commands).run()
+    });
     server.register("echo", |p: Value, _| Ok(p));
     server.register("sum", |n: Vec<f64>, _| Ok(n.iter().sum::<f64>()));
     server.register("secret", |_: (), _| Ok("s")).protected();
@@ -26,5 +32,8 @@ pub(crate) fn dispatch(data: &[u8]) {
     for codec in [Codec::Json, Codec::MsgPack] {
         let _ = calls::handle_frame(&server, &session, &table, codec, data);
     }
-    drop(commands);
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    server.dispatch(Command::Shutdown { done });
+    let _ = stopped.recv();
+    let _ = dispatcher.join();
 }

@@ -104,7 +104,7 @@ pub(super) fn open(
         if let Some(claimed) = claimed {
             // Its missed events are in the session's codec; keep it unless declared.
             declared = declared.or(Some(claimed.codec));
-            state.restore(claimed.logged_in, &claimed.subscriptions);
+            state.restore(claimed.logged_in);
             resumes = Some(token.clone());
         }
         state.token = Some(token);

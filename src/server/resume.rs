@@ -34,7 +34,6 @@ pub(crate) fn new_token() -> String {
 pub(crate) struct Claimed {
     pub socket_id: String,
     pub logged_in: bool,
-    pub subscriptions: Vec<String>,
     /// The codec its missed events were encoded in.
     pub codec: Codec,
 }
@@ -125,7 +124,6 @@ impl Parking {
         Some(Claimed {
             socket_id: session.socket_id.clone(),
             logged_in: session.logged_in,
-            subscriptions: session.subscriptions.clone(),
             codec: session.codec,
         })
     }
