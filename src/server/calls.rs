@@ -401,9 +401,12 @@ mod tests {
         );
     }
 
+    /// The subscription changes a stand-in dispatcher was asked for.
+    type Asked = Vec<(Vec<String>, bool)>;
+
     /// Stands in for the dispatcher: answers subscription changes from a set of its
     /// own, and records what it was asked.
-    fn answer_subscriptions(f: &Fixture) -> Arc<std::sync::Mutex<Vec<(Vec<String>, bool)>>> {
+    fn answer_subscriptions(f: &Fixture) -> Arc<std::sync::Mutex<Asked>> {
         let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (commands, record) = (f.commands.clone(), asked.clone());
         std::thread::spawn(move || {
