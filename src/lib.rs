@@ -49,6 +49,7 @@
 
 mod client;
 mod error;
+mod log_limit;
 mod protocol;
 mod server;
 #[cfg(feature = "tls")]
@@ -69,6 +70,16 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 /// the server down with it.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The instant `after` from now, or about a century away if that is past what an
+/// `Instant` can hold: a user's `Duration::MAX` means "never", not a panic.
+pub(crate) fn deadline(after: std::time::Duration) -> std::time::Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+    let now = std::time::Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 /// Entry points of the fuzz targets in `fuzz/`; compiled only under `cargo fuzz`.

@@ -6,12 +6,12 @@ mod common;
 
 use std::net::Shutdown;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use common::{DEADLINE, Raw, url};
-use serde_json::json;
+use serde_json::{Value, json};
 use wsrpc::{Server, ServerConfig};
 
 /// Run `f` on its own thread; `None` if it has not returned within `DEADLINE`.
@@ -94,4 +94,285 @@ fn subscribing_while_emits_flood_and_clients_drop_does_not_stop_the_server() {
         within_deadline(move || closer.close()).is_some(),
         "close() did not return"
     );
+}
+
+/// A method that blocks until `release` is set, and counts the calls that started.
+fn blocking_method(server: &Server, name: &str) -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let release = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (r, s) = (release.clone(), started.clone());
+    server.register(name, move |_: Value, _| {
+        s.fetch_add(1, Ordering::SeqCst);
+        common::wait_until(|| r.load(Ordering::SeqCst));
+        Ok::<_, wsrpc::RpcError>("done")
+    });
+    (release, started)
+}
+
+/// Sample `stat` of the server's stats every millisecond until `stop`; the highest.
+fn peak_of(
+    server: &Server,
+    stat: fn(&wsrpc::Stats) -> usize,
+    stop: &Arc<AtomicBool>,
+) -> thread::JoinHandle<usize> {
+    let (server, stop) = (server.clone(), stop.clone());
+    thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(Ordering::SeqCst) {
+            peak = peak.max(stat(&server.stats()));
+            thread::sleep(Duration::from_millis(1));
+        }
+        peak
+    })
+}
+
+#[test]
+fn pipelined_slow_calls_start_no_more_hand_off_threads_than_the_cap() {
+    let mut config = ServerConfig::default();
+    config.max_handoff_threads = 6;
+    let server = Server::builder()
+        .config(config)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let (release, started) = blocking_method(&server, "slow");
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = peak_of(&server, |s| s.handoff_threads, &stop);
+    let mut clients: Vec<Raw> = (0..5).map(|_| Raw::connect(&url(&server, "/"))).collect();
+    for client in &mut clients {
+        for id in 0..8 {
+            client.send_text(&format!(
+                r#"{{"jsonrpc":"2.0","method":"slow","params":[],"id":{id}}}"#
+            ));
+        }
+    }
+    // Without the cap each connection would read on past every slow call: 5 x 7
+    // hand-offs. With it, the server stops at 6 and the rest wait their turn.
+    assert!(common::wait_until(|| server.stats().handoffs_at_cap > 0));
+    assert!(common::wait_until(
+        || started.load(Ordering::SeqCst) >= 5 + 6
+    ));
+    release.store(true, Ordering::SeqCst);
+    for client in &mut clients {
+        let mut ids: Vec<u64> = (0..8)
+            .map(|_| client.recv()["id"].as_u64().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, (0..8).collect::<Vec<_>>(), "a call was not answered");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let peak = peak.join().unwrap();
+    assert!(peak <= 6, "{peak} hand-off threads ran at once (cap 6)");
+    assert!(common::wait_until(|| server.stats().handoff_threads == 0));
+    server.close();
+}
+
+#[test]
+fn events_to_many_subscribers_go_through_at_most_max_writer_threads() {
+    let mut config = ServerConfig::default();
+    config.max_writer_threads = 3;
+    let server = Server::builder()
+        .config(config)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    server.event("feed");
+    let mut subscribers: Vec<Raw> = (0..60)
+        .map(|_| {
+            let mut raw = Raw::connect(&url(&server, "/"));
+            assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
+            raw
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = peak_of(&server, |s| s.writer_threads, &stop);
+    for i in 0..20 {
+        server.emit("feed", [i]).unwrap();
+    }
+    for raw in &mut subscribers {
+        for i in 0..20 {
+            assert_eq!(
+                raw.recv()["params"],
+                json!([i]),
+                "an event lost or out of order"
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let peak = peak.join().unwrap();
+    // Whether the pool grew to its cap depends on timing; that it stops there is
+    // pinned in src/server/threads.rs.
+    assert!(peak <= 3, "{peak} writer threads ran at once (cap 3)");
+    server.close();
+}
+
+#[test]
+fn an_event_to_idle_subscribers_reuses_writer_threads() {
+    let server = Server::bind("127.0.0.1:0").unwrap();
+    server.event("feed");
+    let mut subscribers: Vec<Raw> = (0..200)
+        .map(|_| {
+            let mut raw = Raw::connect(&url(&server, "/"));
+            assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
+            raw
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = peak_of(&server, |s| s.writer_threads, &stop);
+    server.emit("feed", [1]).unwrap();
+    for raw in &mut subscribers {
+        assert_eq!(raw.recv()["params"], json!([1]));
+    }
+    stop.store(true, Ordering::SeqCst);
+    // One thread per subscriber was the old way; the pool grows only while all its
+    // writers are busy, one thread at a time.
+    let peak = peak.join().unwrap();
+    assert!(
+        peak < 100,
+        "{peak} writer threads for one event to 200 idle subscribers"
+    );
+    server.close();
+}
+
+#[test]
+fn close_returns_while_a_handler_never_does() {
+    let server = Server::builder()
+        .config(common::quick_close(200))
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let (_release, started) = blocking_method(&server, "forever");
+    server.register("sleep_max", |_: Value, _| {
+        thread::sleep(Duration::MAX);
+        Ok::<_, wsrpc::RpcError>(())
+    });
+    let mut client = Raw::connect(&url(&server, "/"));
+    client.send_text(r#"{"jsonrpc":"2.0","method":"sleep_max","id":1}"#);
+    client.send_text(r#"{"jsonrpc":"2.0","method":"forever","id":2}"#);
+    assert!(common::wait_until(|| started.load(Ordering::SeqCst) == 1));
+    let closer = server.clone();
+    assert!(
+        within_deadline(move || closer.close()).is_some(),
+        "close() waited for handlers that never return"
+    );
+    assert!(within_deadline(move || server.wait()).is_some());
+}
+
+/// A server whose `hook` closes it, and a client that sets the hook off.
+fn closed_from(builder: wsrpc::ServerBuilder, trigger: impl FnOnce(&Server)) {
+    let server = builder
+        .config(common::quick_close(200))
+        .bind("127.0.0.1:0")
+        .unwrap();
+    server.register("close", |_: Value, ctx| {
+        ctx.server().close();
+        Ok::<_, wsrpc::RpcError>("closed")
+    });
+    trigger(&server);
+    let waiter = server.clone();
+    assert!(
+        within_deadline(move || waiter.wait()).is_some(),
+        "the server did not close"
+    );
+    let again = server.clone();
+    assert!(within_deadline(move || again.close()).is_some());
+}
+
+#[test]
+fn close_may_be_called_from_a_handler() {
+    closed_from(Server::builder(), |server| {
+        let mut client = Raw::connect(&url(server, "/"));
+        client.send_text(r#"{"jsonrpc":"2.0","method":"close","id":1}"#);
+    });
+}
+
+#[test]
+fn close_may_be_called_from_on_connection_and_on_disconnection() {
+    let slot: Arc<std::sync::Mutex<Option<Server>>> = Arc::default();
+    let hook_slot = slot.clone();
+    closed_from(
+        Server::builder().on_connection(move |_| {
+            if let Some(server) = hook_slot.lock().unwrap().clone() {
+                server.close();
+            }
+        }),
+        |server| {
+            *slot.lock().unwrap() = Some(server.clone());
+            let _ = tungstenite::connect(url(server, "/"));
+        },
+    );
+    let slot: Arc<std::sync::Mutex<Option<Server>>> = Arc::default();
+    let hook_slot = slot.clone();
+    closed_from(
+        Server::builder().on_disconnection(move |_| {
+            if let Some(server) = hook_slot.lock().unwrap().clone() {
+                server.close();
+            }
+        }),
+        |server| {
+            *slot.lock().unwrap() = Some(server.clone());
+            let client = Raw::connect(&url(server, "/"));
+            drop(client);
+        },
+    );
+}
+
+#[test]
+fn the_longest_durations_mean_never_and_panic_nowhere() {
+    let mut config = ServerConfig::default();
+    config.handshake_timeout = Duration::MAX;
+    config.close_timeout = Duration::MAX;
+    config.slow_call_threshold = Duration::MAX;
+    config.ping_interval = Some(Duration::MAX);
+    config.peer_timeout = Some(Duration::MAX);
+    config.session_ttl = Some(Duration::MAX);
+    let server = Server::builder()
+        .config(config)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    server.register("sum", |n: Vec<f64>, _| {
+        Ok::<_, wsrpc::RpcError>(n.iter().sum::<f64>())
+    });
+    server.event("feed");
+    let mut client = Raw::connect(&url(&server, "/"));
+    assert_eq!(client.call("sum", json!([1, 2]))["result"], 3.0);
+    assert_eq!(
+        client.call("rpc.on", json!(["feed"]))["result"]["feed"],
+        "ok"
+    );
+    server.emit("feed", [1]).unwrap();
+    assert_eq!(client.recv()["params"], json!([1]));
+    // Dropped without a close frame: its session is parked "for ever".
+    let _ = client.tcp().shutdown(Shutdown::Both);
+    assert!(common::wait_until(|| server.stats().connections == 0));
+    assert!(within_deadline(move || server.close()).is_some());
+}
+
+#[test]
+fn setup_runs_before_the_first_connection_is_accepted() {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let server = Server::builder()
+        .on_connection(move |_| {
+            let _ = tx.send(());
+        })
+        .setup(|server| {
+            // A client knocks while the server is being set up: it waits in the
+            // listen backlog until setup is over.
+            let url = url(server, "/");
+            thread::spawn(move || Raw::connect(&url));
+            let watched = std::time::Instant::now();
+            while watched.elapsed() < Duration::from_millis(200) {
+                assert_eq!(server.stats().connections, 0, "accepted during setup");
+                thread::sleep(Duration::from_millis(5));
+            }
+            server
+                .register("ready", |_: (), _| Ok::<_, wsrpc::RpcError>(true))
+                .protected();
+        })
+        .bind("127.0.0.1:0")
+        .unwrap();
+    assert!(
+        rx.recv_timeout(DEADLINE).is_ok(),
+        "the waiting client was never served"
+    );
+    let mut client = Raw::connect(&url(&server, "/"));
+    assert_eq!(client.call("ready", Value::Null)["error"]["code"], -32605);
+    server.close();
 }

@@ -101,6 +101,8 @@ pub(crate) struct Counters {
     pub oversized_messages: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub peers_timed_out: AtomicU64,
+    pub writers_at_cap: AtomicU64,
+    pub handoffs_at_cap: AtomicU64,
 }
 
 impl Counters {
@@ -132,6 +134,17 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Clients silent past `peer_timeout`.
     pub peers_timed_out: u64,
+    /// Writer threads running now (at most `max_writer_threads`).
+    pub writer_threads: usize,
+    /// Threads running now that keep a slow handler going while its connection reads
+    /// on in another (at most `max_handoff_threads`).
+    pub handoff_threads: usize,
+    /// Times a connection with events to send waited because `max_writer_threads`
+    /// writers were busy.
+    pub writers_at_cap: u64,
+    /// Times a slow handler held up its connection's next requests because
+    /// `max_handoff_threads` threads already ran slow handlers.
+    pub handoffs_at_cap: u64,
 }
 
 impl Stats {
@@ -147,6 +160,10 @@ impl Stats {
             oversized_messages: get(&counters.oversized_messages),
             protocol_errors: get(&counters.protocol_errors),
             peers_timed_out: get(&counters.peers_timed_out),
+            writer_threads: 0,
+            handoff_threads: 0,
+            writers_at_cap: get(&counters.writers_at_cap),
+            handoffs_at_cap: get(&counters.handoffs_at_cap),
         }
     }
 }

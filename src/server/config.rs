@@ -87,6 +87,20 @@ pub struct ServerConfig {
     /// registered. Default `false`: such a client gets an empty namespace, as in
     /// rpc-websockets.
     pub refuse_unknown_namespaces: bool,
+    /// Most threads, server-wide, that write events and close frames to clients.
+    /// They are a pool: a writer serves one connection until its queue is empty, then
+    /// the next connection waiting, and ends after 5 s without work. Past this many
+    /// busy writers, connections wait for one to be free (counted in
+    /// [`Stats::writers_at_cap`](super::Stats::writers_at_cap)). A writer blocked on a
+    /// client that stopped reading holds its thread until `peer_timeout` cuts that
+    /// client off. Default 256.
+    pub max_writer_threads: usize,
+    /// Most threads, server-wide, that keep slow handlers running after their
+    /// connection has gone on reading in a new thread (see `slow_call_threshold`).
+    /// Past this many, a connection whose handler runs long reads its next requests
+    /// only when that handler returns (counted in
+    /// [`Stats::handoffs_at_cap`](super::Stats::handoffs_at_cap)). Default 256.
+    pub max_handoff_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +125,8 @@ impl Default for ServerConfig {
             max_batch_size: 1_000,
             allowed_origins: None,
             refuse_unknown_namespaces: false,
+            max_writer_threads: 256,
+            max_handoff_threads: 256,
         }
     }
 }
@@ -183,6 +199,9 @@ pub struct DisconnectInfo {
 
 type Callback<T> = Arc<dyn Fn(&T) + Send + Sync>;
 
+/// What [`ServerBuilder::setup`] runs before the first connection is accepted.
+pub(crate) type Setup = Box<dyn FnOnce(&Server) + Send>;
+
 #[derive(Clone, Default)]
 pub(crate) struct Hooks {
     pub listening: Option<Callback<SocketAddr>>,
@@ -235,6 +254,7 @@ fn call<T>(name: &str, hook: &Option<Callback<T>>, arg: &T) {
 pub struct ServerBuilder {
     pub(crate) config: ServerConfig,
     pub(crate) hooks: Hooks,
+    pub(crate) setup: Option<Setup>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -279,6 +299,27 @@ impl ServerBuilder {
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(config);
+        self
+    }
+
+    /// Register methods, events and login in `f`, which runs once the server is bound
+    /// and before it accepts its first connection: no client can find the server
+    /// half set up (a method not there yet, or there but not yet protected).
+    ///
+    /// ```
+    /// use wsrpc::{RpcError, Server};
+    /// let server = Server::builder()
+    ///     .setup(|s| {
+    ///         s.register("admin", |_: (), _| Ok::<_, RpcError>("secret")).protected();
+    ///         s.set_auth(|token: String, _| Ok(token == "let me in"));
+    ///         s.event("news");
+    ///     })
+    ///     .bind("127.0.0.1:0")?;
+    /// server.close();
+    /// # Ok::<(), wsrpc::Error>(())
+    /// ```
+    pub fn setup(mut self, f: impl FnOnce(&Server) + Send + 'static) -> Self {
+        self.setup = Some(Box::new(f));
         self
     }
 

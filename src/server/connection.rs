@@ -23,8 +23,10 @@ use super::config::DisconnectInfo;
 use super::dispatcher::Command;
 use super::handshake;
 use super::registry::View;
+use super::threads::Next;
 use crate::error::Error;
 use crate::lock;
+use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
 use crate::transport::{ConnStream, Idle, Sink, close_info, is_timeout, message};
 
@@ -32,16 +34,33 @@ use crate::transport::{ConnStream, Idle, Sink, close_info, is_timeout, message};
 /// slots, and an idle connection's thread should keep its stack to two pages.
 pub(super) type Reader = Box<WebSocket<ConnStream>>;
 
-/// How long a writer thread waits for more frames before it ends.
-const WRITER_IDLE: Duration = Duration::from_secs(5);
 /// Queued frames a writer thread sends in one write, at most: 64, or as many as
 /// reach 16 KiB (each subscriber's batch is a copy of the shared event frames).
 const WRITE_AT_ONCE: usize = 64;
 const WRITE_BYTES_AT_ONCE: usize = 16 << 10;
 /// Writer threads only encode frame headers and write.
-const WRITER_STACK: usize = 64 << 10;
+pub(crate) const WRITER_STACK: usize = 64 << 10;
 /// How long an ended connection waits for its writer thread to stop.
 const WRITER_STOP: Duration = Duration::from_secs(1);
+
+/// How a writer thread left a connection.
+enum Served {
+    /// It ended, or its writing is over: the writer flag is cleared.
+    Done,
+    /// Its queue was empty: the flag was cleared, and may be another writer's now.
+    Released,
+    /// Others wait for a writer: it queues again, the flag still set.
+    Yielded,
+}
+
+/// A writer thread of the pool: serves connections until the pool has none for it.
+pub(crate) fn writer_thread(server: Server) {
+    let mut next = server.writers().started();
+    while let Next::Serve(conn) = next {
+        conn.write_queued(&server);
+        next = server.writers().next();
+    }
+}
 
 /// Something to write to a client from outside its reading thread.
 pub(crate) enum Outgoing {
@@ -170,32 +189,37 @@ impl Conn {
             return true;
         }
         if !self.writer_running.swap(true, Ordering::SeqCst) {
-            let conn = self.clone();
-            if let Err(e) = server.spawn("wsrpc-writer", WRITER_STACK, move || conn.write_loop()) {
-                // The frame stays queued; the next push tries again.
-                self.writer_running.store(false, Ordering::SeqCst);
-                log::warn!("could not start a writer thread: {e}");
-            }
+            server.start_writing(self.clone());
         }
         true
     }
 
-    fn write_loop(&self) {
-        let still_ours = self.write_frames();
-        // Say it ended: `finish` waits for this before the dispatcher takes what is
-        // left in the queue. The flag is cleared only if no newer writer owns it.
-        let _guard = lock(&self.writer_gone.0);
-        if still_ours {
-            self.writer_running.store(false, Ordering::SeqCst);
+    /// Send what is queued, on a writer thread of the pool, until the queue is empty,
+    /// the connection ends, or other connections wait for a writer (then this one
+    /// queues again behind them).
+    pub(crate) fn write_queued(self: &Arc<Self>, server: &Server) {
+        match self.write_frames(server) {
+            Served::Done => {
+                // Say it ended: `finish` waits for this before the dispatcher takes
+                // what is left in the queue.
+                let _guard = lock(&self.writer_gone.0);
+                self.writer_running.store(false, Ordering::SeqCst);
+                self.writer_gone.1.notify_all();
+            }
+            Served::Released => {
+                let _guard = lock(&self.writer_gone.0);
+                self.writer_gone.1.notify_all();
+            }
+            // Still ours: `writer_running` stays set while it waits in the pool.
+            Served::Yielded => server.start_writing(self.clone()),
         }
-        self.writer_gone.1.notify_all();
     }
 
-    /// Write queued frames until stopped or idle; whether `writer_running` is still
-    /// this writer's to clear.
-    fn write_frames(&self) -> bool {
+    /// Write queued frames until the queue is empty, the connection ended, or others
+    /// wait for a writer.
+    fn write_frames(&self, server: &Server) -> Served {
         loop {
-            let next = self.inbox.recv_timeout(WRITER_IDLE);
+            let next = self.inbox.try_recv();
             if next.is_ok() {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
             }
@@ -227,13 +251,13 @@ impl Conn {
                         || self.sink.send_all(frames.iter().cloned()).is_err()
                     {
                         lock(&self.unsent).extend(frames);
-                        return true;
+                        return Served::Done;
                     }
                     match after {
                         Some(Outgoing::Close(code, reason)) => {
                             let _ = self.sink.close(code, &reason);
                         }
-                        Some(Outgoing::Stop) => return true,
+                        Some(Outgoing::Stop) => return Served::Done,
                         _ => {}
                     }
                 }
@@ -243,19 +267,21 @@ impl Conn {
                 Ok(Outgoing::Flush) => {
                     let _ = self.sink.flush();
                 }
-                Ok(Outgoing::Stop) => return true,
+                Ok(Outgoing::Stop) => return Served::Done,
                 Err(_) => {
-                    // Idle: end, unless a frame slipped in after the timeout (then
-                    // whoever sets the flag first writes it).
+                    // Empty: let go, unless a frame slipped in meanwhile (then whoever
+                    // sets the flag first writes it).
                     self.writer_running.store(false, Ordering::SeqCst);
                     if self.inbox.is_empty() || self.writer_running.swap(true, Ordering::SeqCst) {
-                        // Released (or already taken by a newer writer).
-                        return false;
+                        return Served::Released;
                     }
                 }
             }
             if self.finished.load(Ordering::SeqCst) {
-                return true;
+                return Served::Done;
+            }
+            if server.writers().others_waiting() && !self.inbox.is_empty() {
+                return Served::Yielded;
             }
         }
     }
@@ -312,11 +338,24 @@ impl Conn {
         let Some(reader) = slot.take() else {
             return;
         };
+        if !server.handoffs().try_add() {
+            // Every thread the cap allows runs a slow handler: this connection's next
+            // requests wait for its own handler, as at max_calls_in_flight.
+            Counters::count(&server.counters().handoffs_at_cap);
+            *slot = Some(reader);
+            warn_limited!(
+                "max_handoff_threads ({}) slow handlers run; client {}'s next requests wait",
+                server.config().max_handoff_threads,
+                self.session.socket_id
+            );
+            return;
+        }
         log::debug!(
             "a slow handler holds client {}; reading on in a new thread",
             self.session.socket_id
         );
         if let Err(reader) = read_on_new_thread(server, self.clone(), reader) {
+            server.handoffs().remove();
             *slot = Some(reader);
         }
     }
@@ -433,6 +472,8 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
                 if let Err(e) = conn.sink.flush() {
                     log::debug!("reply to {} not sent: {e}", conn.session.socket_id);
                 }
+                // This thread was the one a hand-off added.
+                server.handoffs().remove();
                 return;
             }
         }

@@ -106,7 +106,7 @@ impl Dispatcher {
             let watching = !self.server.watch_asleep().load(Ordering::SeqCst);
             next_scan = match (watching, next_scan) {
                 (false, _) => None,
-                (true, None) => Some(Instant::now() + tick),
+                (true, None) => Some(crate::deadline(tick)),
                 (true, at) => at,
             };
             let next_drop = self.closing.front().map(|(at, _)| *at);
@@ -134,7 +134,7 @@ impl Dispatcher {
             let now = Instant::now();
             if next_scan.is_some_and(|at| now >= at) {
                 self.scan_for_slow_calls();
-                next_scan = Some(now + tick);
+                next_scan = Some(crate::deadline(tick));
             }
             self.drop_overdue(now);
             self.parking.expire(now);
@@ -195,7 +195,7 @@ impl Dispatcher {
             }
             Command::CloseNamespace { namespace, done } => {
                 if let Some(ns) = self.namespaces.remove(&namespace) {
-                    let deadline = Instant::now() + self.server.config().close_timeout;
+                    let deadline = crate::deadline(self.server.config().close_timeout);
                     for key in ns.clients {
                         if let Some(conn) = self.conns.get(&key) {
                             conn.close(&self.server, 1001, "namespace closed");
@@ -395,7 +395,7 @@ impl Dispatcher {
         for conn in self.conns.values() {
             conn.close(&self.server, 1001, "server shutting down");
         }
-        let deadline = Instant::now() + self.server.config().close_timeout;
+        let deadline = crate::deadline(self.server.config().close_timeout);
         while !self.conns.is_empty() {
             match self.commands.recv_deadline(deadline) {
                 Ok(command) => self.handle_while_closing(command),

@@ -6,7 +6,6 @@ use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::Role;
@@ -31,7 +30,7 @@ pub(super) fn open(
     let peer_addr = stream.peer_addr().ok();
     let config = server.config().clone();
     let _ = stream.set_nodelay(true);
-    let deadline = Instant::now() + config.handshake_timeout;
+    let deadline = crate::deadline(config.handshake_timeout);
     let socket = match server.socket(stream) {
         Ok(socket) => socket,
         Err(e) => {

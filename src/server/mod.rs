@@ -19,13 +19,15 @@ mod handshake;
 mod namespace;
 mod registry;
 mod resume;
+mod threads;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
@@ -105,12 +107,19 @@ struct Shared {
     /// Connections still in their handshake (unknown to the dispatcher), so `close`
     /// can cut them off; `None` once closing.
     handshaking: Mutex<Option<HashMap<u64, TcpStream>>>,
-    /// Every connection and writer thread holds a clone; `close` waits for all to drop.
-    threads: Mutex<Option<Sender<()>>>,
-    threads_done: Receiver<()>,
+    /// The threads `spawn` started (connections, writers, hand-offs), for `close`.
+    live: Arc<threads::Live>,
     running: Mutex<Option<Running>>,
+    /// A second handle on the listening socket, to wake the acceptor at `close`.
+    waker: Mutex<Option<TcpListener>>,
+    /// Set once `close` has finished; `wait` waits for it.
+    closed: (Mutex<bool>, Condvar),
     admission: Arc<Admission>,
     counters: Counters,
+    /// Writer threads, shared by every connection.
+    writers: threads::WriterPool<connection::Conn>,
+    /// Threads started to read on while a slow handler runs.
+    handoffs: threads::Capped,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -131,19 +140,32 @@ impl Server {
         ServerBuilder::default()
     }
 
-    fn start(builder: ServerBuilder, addr: impl ToSocketAddrs) -> Result<Server, Error> {
+    fn start(mut builder: ServerBuilder, addr: impl ToSocketAddrs) -> Result<Server, Error> {
         let listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
+        let setup = builder.setup.take();
         let (server, commands) = Server::unstarted(builder, local_addr);
+        *lock(&server.shared.waker) = Some(listener.try_clone()?);
         let dispatcher = thread::Builder::new()
             .name("wsrpc-dispatch".into())
             .spawn({
                 let server = server.clone();
-                move || Dispatcher::new(server, commands).run()
+                move || {
+                    server.mark_thread();
+                    Dispatcher::new(server, commands).run()
+                }
             })?;
+        // Methods and events the builder sets up exist before the first connection
+        // is accepted (connections meanwhile wait in the listen backlog).
+        if let Some(setup) = setup {
+            setup(&server);
+        }
         let acceptor = thread::Builder::new().name("wsrpc-accept".into()).spawn({
             let server = server.clone();
-            move || server.accept_loop(listener)
+            move || {
+                server.mark_thread();
+                server.accept_loop(listener)
+            }
         })?;
         *lock(&server.shared.running) = Some(Running {
             acceptor,
@@ -156,8 +178,11 @@ impl Server {
 
     fn unstarted(builder: ServerBuilder, local_addr: SocketAddr) -> (Server, Receiver<Command>) {
         let (commands_tx, commands_rx) = crossbeam_channel::bounded(4096);
-        let (threads_tx, threads_rx) = crossbeam_channel::bounded(0);
+        let writers = threads::WriterPool::new(builder.config.max_writer_threads);
+        let handoffs = threads::Capped::new(builder.config.max_handoff_threads);
         let shared = Shared {
+            writers,
+            handoffs,
             config: builder.config,
             hooks: builder.hooks,
             local_addr,
@@ -168,9 +193,10 @@ impl Server {
             next_key: AtomicU64::new(1),
             registering: Mutex::new(true),
             handshaking: Mutex::new(Some(HashMap::new())),
-            threads: Mutex::new(Some(threads_tx)),
-            threads_done: threads_rx,
+            live: Arc::new(threads::Live::new()),
             running: Mutex::new(None),
+            waker: Mutex::new(None),
+            closed: (Mutex::new(false), Condvar::new()),
             admission: Arc::default(),
             counters: Counters::default(),
             #[cfg(feature = "tls")]
@@ -244,23 +270,35 @@ impl Server {
     }
 
     /// Stop: no new connections; every client gets a close frame with code 1001 (going
-    /// away) and up to [`ServerConfig::close_timeout`] to answer it; then every thread
-    /// is joined and the handlers are dropped. Handlers still running are waited for.
-    /// Calling it again does nothing. Do not call it from a handler: it would wait for
-    /// its own thread.
+    /// away) and up to [`ServerConfig::close_timeout`] to answer it; then the server's
+    /// threads get as long again to end, and the handlers are dropped.
+    ///
+    /// It returns within about twice `close_timeout` whatever handlers do: a handler
+    /// still running then is abandoned (its thread runs on, detached, until the handler
+    /// returns; its reply goes nowhere). It may be called from anywhere, handlers and
+    /// the builder's callbacks included; a call while another is under way waits for
+    /// that one (or returns at once on one of the server's own threads). Calling it
+    /// again after it returned does nothing.
     pub fn close(&self) {
-        let mut running = lock(&self.shared.running);
+        let running = lock(&self.shared.running).take();
         let Some(Running {
             acceptor,
             dispatcher,
-        }) = running.take()
+        }) = running
         else {
+            if !self.on_own_thread() {
+                self.wait();
+            }
             return;
         };
+        let timeout = self.shared.config.close_timeout;
         self.shared.closing.store(true, Ordering::SeqCst);
-        // accept() only returns for a connection: make one.
-        let _ = TcpStream::connect(loopback(self.shared.local_addr));
-        let _ = acceptor.join();
+        if let Some(listener) = lock(&self.shared.waker).take() {
+            wake_acceptor(listener, self.shared.local_addr);
+        }
+        if !is_current(&acceptor) {
+            let _ = acceptor.join();
+        }
         // Close the gate here, not in the dispatcher: a connection thread may hold it
         // while waiting for room in the command channel, which only the running
         // dispatcher makes. Every Connect is then queued before Shutdown. It must shut
@@ -274,12 +312,61 @@ impl Server {
         }
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         self.dispatch(Command::Shutdown { done: done_tx });
-        let _ = done_rx.recv();
-        let _ = dispatcher.join();
-        lock(&self.shared.threads).take();
-        let _ = self.shared.threads_done.recv();
+        // The dispatcher gives clients `close_timeout`; it never waits for a handler.
+        let _ = done_rx.recv_timeout(timeout.saturating_add(Duration::from_secs(1)));
+        if !is_current(&dispatcher) && dispatcher.is_finished() {
+            let _ = dispatcher.join();
+        }
+        self.shared.live.close();
+        self.shared.writers.shut_down();
+        let own = usize::from(self.on_own_thread());
+        if !self.shared.live.wait_for(own, crate::deadline(timeout)) {
+            log::warn!(
+                "server on {}: {} threads (running handlers) did not end within close_timeout; \
+                 they are abandoned",
+                self.shared.local_addr,
+                self.shared.live.running().saturating_sub(own)
+            );
+        }
         self.shared.registry.clear();
         log::info!("server on {} closed", self.shared.local_addr);
+        *lock(&self.shared.closed.0) = true;
+        self.shared.closed.1.notify_all();
+    }
+
+    /// Wait until the server is closed (by [`Server::close`] from another thread, a
+    /// handler or a signal handler). Dropping every `Server` handle does not stop a
+    /// server: its threads hold handles of their own, so it serves until `close`. A
+    /// `main` that only serves ends with `server.wait()`.
+    ///
+    /// ```no_run
+    /// let server = wsrpc::Server::bind("127.0.0.1:8080")?;
+    /// server.register("ping", |_: (), _| Ok::<_, wsrpc::RpcError>("pong"));
+    /// server.wait();
+    /// # Ok::<(), wsrpc::Error>(())
+    /// ```
+    pub fn wait(&self) {
+        let mut closed = lock(&self.shared.closed.0);
+        while !*closed {
+            closed = self
+                .shared
+                .closed
+                .1
+                .wait(closed)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Note that the calling thread is one of this server's (for `close`).
+    fn mark_thread(&self) {
+        let id = Arc::as_ptr(&self.shared) as usize;
+        SERVER_THREAD.with(|t| t.set(id));
+    }
+
+    /// Whether the calling thread is one this server started.
+    fn on_own_thread(&self) -> bool {
+        let id = Arc::as_ptr(&self.shared) as usize;
+        SERVER_THREAD.with(|t| t.get() == id)
     }
 
     fn accept_loop(&self, listener: TcpListener) {
@@ -338,7 +425,10 @@ impl Server {
     /// Open connections, and how often each protection of the server kicked in.
     pub fn stats(&self) -> Stats {
         let open = self.shared.admission.open_connections();
-        Stats::read(&self.shared.counters, open)
+        let mut stats = Stats::read(&self.shared.counters, open);
+        stats.writer_threads = self.shared.writers.threads();
+        stats.handoff_threads = self.shared.handoffs.running();
+        stats
     }
 
     /// The byte stream of an accepted connection: TLS if the server serves TLS.
@@ -349,6 +439,34 @@ impl Server {
             return Ok(crate::transport::Socket::Tls(Box::new(tls)));
         }
         Ok(crate::transport::Socket::Plain(stream))
+    }
+
+    pub(crate) fn writers(&self) -> &threads::WriterPool<connection::Conn> {
+        &self.shared.writers
+    }
+
+    pub(crate) fn handoffs(&self) -> &threads::Capped {
+        &self.shared.handoffs
+    }
+
+    /// Have a writer thread of the pool send what `conn` has queued (its writer flag
+    /// is set: it is queued once).
+    pub(crate) fn start_writing(&self, conn: Arc<connection::Conn>) {
+        match self.shared.writers.enqueue(conn) {
+            threads::Enqueued::Taken => {}
+            threads::Enqueued::AtCap => Counters::count(&self.shared.counters.writers_at_cap),
+            threads::Enqueued::StartThread => {
+                let server = self.clone();
+                let started = self.spawn("wsrpc-writer", connection::WRITER_STACK, move || {
+                    connection::writer_thread(server)
+                });
+                if let Err(e) = started {
+                    // The connection stays queued: the next one queued tries again.
+                    self.shared.writers.not_started();
+                    log::warn!("could not start a writer thread: {e}");
+                }
+            }
+        }
     }
 
     pub(crate) fn counters(&self) -> &Counters {
@@ -433,21 +551,26 @@ impl Server {
         let _ = self.shared.commands.try_send(command);
     }
 
-    /// Start a thread that `close` will wait for.
+    /// Start a thread that `close` will wait for (up to its deadline).
     pub(crate) fn spawn(
         &self,
         name: &str,
         stack_size: usize,
         f: impl FnOnce() + Send + 'static,
     ) -> io::Result<()> {
-        let token = lock(&self.shared.threads)
-            .clone()
+        let live = self
+            .shared
+            .live
+            .enter()
             .ok_or_else(|| io::Error::other("server is closed"))?;
+        let server = self.clone();
         thread::Builder::new()
             .name(name.to_owned())
             .stack_size(stack_size)
             .spawn(move || {
-                let _token = token;
+                let _live = live;
+                server.mark_thread();
+                drop(server);
                 f()
             })
             .map(drop)
@@ -460,6 +583,34 @@ impl Server {
     }
 }
 
+thread_local! {
+    /// The server a thread belongs to (the address of its shared state), 0 for none.
+    static SERVER_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `handle` is the calling thread's own (joining it would never return).
+fn is_current(handle: &JoinHandle<()>) -> bool {
+    handle.thread().id() == thread::current().id()
+}
+
+/// Wake an acceptor blocked in `accept()` on the listener `listener` is a handle of.
+/// Shutting a listening socket down makes a blocked `accept` fail at once (Linux),
+/// with no connection made: connecting to ourselves would need a free file
+/// descriptor, which a server that ran out of them does not have. Elsewhere, or if
+/// the shutdown fails, connect after all.
+fn wake_acceptor(listener: TcpListener, addr: SocketAddr) {
+    #[cfg(unix)]
+    {
+        let socket = TcpStream::from(std::os::fd::OwnedFd::from(listener));
+        if socket.shutdown(std::net::Shutdown::Read).is_ok() {
+            return;
+        }
+    }
+    #[cfg(not(unix))]
+    drop(listener);
+    let _ = TcpStream::connect_timeout(&loopback(addr), Duration::from_secs(1));
+}
+
 /// The address to connect to in order to reach a listener bound to `addr`.
 fn loopback(addr: SocketAddr) -> SocketAddr {
     let mut addr = addr;
@@ -470,4 +621,26 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
         }
     }
     addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_acceptor_is_woken_without_a_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waker = listener.try_clone().unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        thread::spawn(move || {
+            let _ = tx.send(listener.accept().map(|_| ()));
+        });
+        wake_acceptor(waker, addr);
+        let accepted = rx.recv_timeout(Duration::from_secs(10));
+        assert!(
+            matches!(accepted, Ok(Err(_))),
+            "accept() was not woken, or was woken by a connection: {accepted:?}"
+        );
+    }
 }

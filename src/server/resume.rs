@@ -71,7 +71,7 @@ impl Parked {
             subscriptions,
             codec,
             missed: unsent,
-            expires: Instant::now() + ttl,
+            expires: crate::deadline(ttl),
             claimed: false,
             overflowed: false,
         }
