@@ -101,6 +101,7 @@ pub(crate) struct Counters {
     pub oversized_messages: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub peers_timed_out: AtomicU64,
+    pub refused_socket_id: AtomicU64,
 }
 
 impl Counters {
@@ -132,6 +133,9 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Clients silent past `peer_timeout`.
     pub peers_timed_out: u64,
+    /// Refused with HTTP 409: the `socket_id` asked for is held by an open connection
+    /// of the namespace.
+    pub refused_socket_id: u64,
 }
 
 impl Stats {
@@ -147,6 +151,7 @@ impl Stats {
             oversized_messages: get(&counters.oversized_messages),
             protocol_errors: get(&counters.protocol_errors),
             peers_timed_out: get(&counters.peers_timed_out),
+            refused_socket_id: get(&counters.refused_socket_id),
         }
     }
 }

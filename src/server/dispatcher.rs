@@ -36,6 +36,19 @@ pub(crate) enum Command {
     },
     /// A resuming connection failed its handshake.
     Unclaim(String),
+    /// Reserve the socket id a connection asked for; `false`: it is taken.
+    ReserveSocketId {
+        namespace: String,
+        socket_id: String,
+        key: u64,
+        reply: Sender<bool>,
+    },
+    /// A connection that reserved a socket id failed its handshake.
+    ReleaseSocketId {
+        namespace: String,
+        socket_id: String,
+        key: u64,
+    },
     Subscribe {
         key: u64,
         events: Vec<String>,
@@ -84,6 +97,8 @@ pub(crate) struct Dispatcher {
     closing: VecDeque<(Instant, u64)>,
     /// Sessions of dropped connections, kept for `session_ttl`.
     parking: Parking,
+    /// (namespace, socket id) to the connection holding it, handshakes included.
+    socket_ids: HashMap<(String, String), u64>,
 }
 
 impl Dispatcher {
@@ -96,6 +111,7 @@ impl Dispatcher {
             idle_scans: 0,
             closing: VecDeque::new(),
             parking: Parking::default(),
+            socket_ids: HashMap::new(),
         }
     }
 
@@ -169,6 +185,25 @@ impl Dispatcher {
                 let _ = reply.send(claimed);
             }
             Command::Unclaim(token) => self.parking.unclaim(&token, Instant::now()),
+            Command::ReserveSocketId {
+                namespace,
+                socket_id,
+                key,
+                reply,
+            } => {
+                let id = (namespace, socket_id);
+                let free = self.socket_ids.get(&id).is_none_or(|k| *k == key)
+                    && self.parking.free_socket_id(&id.0, &id.1);
+                if free {
+                    self.socket_ids.insert(id, key);
+                }
+                let _ = reply.send(free);
+            }
+            Command::ReleaseSocketId {
+                namespace,
+                socket_id,
+                key,
+            } => self.release_socket_id((namespace, socket_id), key),
             Command::Subscribe { key, events } => {
                 let Some(conn) = self.conns.get(&key) else {
                     return;
@@ -235,6 +270,8 @@ impl Dispatcher {
     fn connect(&mut self, conn: Arc<Conn>) {
         let ns = conn.session.namespace.clone();
         let key = conn.session.key;
+        let id = (ns.clone(), conn.session.socket_id.clone());
+        self.socket_ids.insert(id, key);
         let clients = self.namespaces.entry(ns).or_default();
         clients.clients.insert(key);
         let resumed = conn.resumes.as_deref().map(|t| self.parking.take(t));
@@ -268,6 +305,11 @@ impl Dispatcher {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
+        let id = (
+            conn.session.namespace.clone(),
+            conn.session.socket_id.clone(),
+        );
+        self.release_socket_id(id, key);
         if resumable {
             self.park(&conn);
         }
@@ -282,6 +324,13 @@ impl Dispatcher {
             if ns.clients.is_empty() {
                 self.namespaces.remove(ns_name);
             }
+        }
+    }
+
+    /// Free a socket id, if `key` still holds it.
+    fn release_socket_id(&mut self, id: (String, String), key: u64) {
+        if self.socket_ids.get(&id) == Some(&key) {
+            self.socket_ids.remove(&id);
         }
     }
 
