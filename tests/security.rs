@@ -274,7 +274,7 @@ fn a_socket_id_can_be_taken_again_after_its_connection_ends() {
     let mut first = try_connect(&server, "/?socket_id=bob").expect("the first connection");
     assert_eq!(whoami(&mut first), json!("bob"));
     first.ws.close(None).unwrap();
-    let _ = first.recv_close_or_end();
+    read_to_end(&mut first);
 
     // The server frees the id once it has seen the connection end.
     let mut again = None;
@@ -390,13 +390,7 @@ fn a_new_connection_asking_for_a_parked_id_takes_it_and_the_session_is_given_up(
     server.close();
 }
 
-/// Read until the server's close frame or the end of the connection.
-trait RecvCloseOrEnd {
-    fn recv_close_or_end(&mut self);
-}
-
-impl RecvCloseOrEnd for Raw {
-    fn recv_close_or_end(&mut self) {
-        while self.ws.read().is_ok() {}
-    }
+/// Read until the connection ends (the server's answer to a close frame included).
+fn read_to_end(raw: &mut Raw) {
+    while raw.ws.read().is_ok() {}
 }
