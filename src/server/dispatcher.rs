@@ -16,6 +16,7 @@ use super::Server;
 use super::admission::Counters;
 use super::connection::{Conn, Outgoing};
 use super::resume::{Claimed, Parked, Parking};
+use super::socket_ids::SocketIds;
 use crate::protocol::Codec;
 use crate::transport::message;
 
@@ -97,8 +98,8 @@ pub(crate) struct Dispatcher {
     closing: VecDeque<(Instant, u64)>,
     /// Sessions of dropped connections, kept for `session_ttl`.
     parking: Parking,
-    /// (namespace, socket id) to the connection holding it, handshakes included.
-    socket_ids: HashMap<(String, String), u64>,
+    /// Who holds which socket id, handshakes included.
+    socket_ids: SocketIds,
 }
 
 impl Dispatcher {
@@ -111,7 +112,7 @@ impl Dispatcher {
             idle_scans: 0,
             closing: VecDeque::new(),
             parking: Parking::default(),
-            socket_ids: HashMap::new(),
+            socket_ids: SocketIds::default(),
         }
     }
 
@@ -191,19 +192,17 @@ impl Dispatcher {
                 key,
                 reply,
             } => {
-                let id = (namespace, socket_id);
-                let free = self.socket_ids.get(&id).is_none_or(|k| *k == key)
-                    && self.parking.free_socket_id(&id.0, &id.1);
-                if free {
-                    self.socket_ids.insert(id, key);
-                }
+                let parking = &mut self.parking;
+                let free = self.socket_ids.reserve(&namespace, &socket_id, key, || {
+                    parking.free_socket_id(&namespace, &socket_id)
+                });
                 let _ = reply.send(free);
             }
             Command::ReleaseSocketId {
                 namespace,
                 socket_id,
                 key,
-            } => self.release_socket_id((namespace, socket_id), key),
+            } => self.socket_ids.release(&namespace, &socket_id, key),
             Command::Subscribe { key, events } => {
                 let Some(conn) = self.conns.get(&key) else {
                     return;
@@ -270,8 +269,7 @@ impl Dispatcher {
     fn connect(&mut self, conn: Arc<Conn>) {
         let ns = conn.session.namespace.clone();
         let key = conn.session.key;
-        let id = (ns.clone(), conn.session.socket_id.clone());
-        self.socket_ids.insert(id, key);
+        self.socket_ids.hold(&ns, &conn.session.socket_id, key);
         let clients = self.namespaces.entry(ns).or_default();
         clients.clients.insert(key);
         let resumed = conn.resumes.as_deref().map(|t| self.parking.take(t));
@@ -305,11 +303,9 @@ impl Dispatcher {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
-        let id = (
-            conn.session.namespace.clone(),
-            conn.session.socket_id.clone(),
-        );
-        self.release_socket_id(id, key);
+        let session = &conn.session;
+        self.socket_ids
+            .release(&session.namespace, &session.socket_id, key);
         if resumable {
             self.park(&conn);
         }
@@ -324,13 +320,6 @@ impl Dispatcher {
             if ns.clients.is_empty() {
                 self.namespaces.remove(ns_name);
             }
-        }
-    }
-
-    /// Free a socket id, if `key` still holds it.
-    fn release_socket_id(&mut self, id: (String, String), key: u64) {
-        if self.socket_ids.get(&id) == Some(&key) {
-            self.socket_ids.remove(&id);
         }
     }
 

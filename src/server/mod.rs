@@ -19,6 +19,7 @@ mod handshake;
 mod namespace;
 mod registry;
 mod resume;
+mod socket_ids;
 
 use std::collections::HashMap;
 use std::io;
