@@ -103,6 +103,7 @@ pub(crate) struct Counters {
     pub peers_timed_out: AtomicU64,
     pub writers_at_cap: AtomicU64,
     pub handoffs_at_cap: AtomicU64,
+    pub refused_socket_id: AtomicU64,
 }
 
 impl Counters {
@@ -145,6 +146,9 @@ pub struct Stats {
     /// Times a slow handler held up its connection's next requests because
     /// `max_handoff_threads` threads already ran slow handlers.
     pub handoffs_at_cap: u64,
+    /// Refused with HTTP 409: the `socket_id` asked for is held by an open connection
+    /// of the namespace.
+    pub refused_socket_id: u64,
 }
 
 impl Stats {
@@ -164,6 +168,7 @@ impl Stats {
             handoff_threads: 0,
             writers_at_cap: get(&counters.writers_at_cap),
             handoffs_at_cap: get(&counters.handoffs_at_cap),
+            refused_socket_id: get(&counters.refused_socket_id),
         }
     }
 }

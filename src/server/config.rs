@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// handshake response header `X-Wsrpc-Session`; offered back in the request header
     /// `X-Wsrpc-Resume` or as `?resume=`) gets it back, the missed events first, in
     /// order. The Rust client does this by itself. Default `None`: no sessions kept.
+    ///
+    /// The token (128 bits from the operating system's secure random source) is the
+    /// session: whoever holds it can resume it. Prefer the header: a token offered as
+    /// `?resume=` (browsers cannot set headers) is part of the URL and ends up in access
+    /// logs and the logs of proxies on the way. Serve sessions over TLS.
     pub session_ttl: Option<Duration>,
     /// Events kept for one disconnected session; a session that misses more cannot be
     /// resumed and is dropped. Default 1024.
@@ -155,7 +160,9 @@ impl ServerConfig {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConnectionInfo {
-    /// The connection's id (from `?socket_id=`, or made up by the server).
+    /// The connection's id (from `?socket_id=`, or a random UUID made up by the server),
+    /// unique among the open connections of its namespace: a connection that asks for
+    /// one held by another is refused with HTTP 409.
     pub socket_id: String,
     /// The namespace, that is the URL path (`/` for none).
     pub namespace: String,

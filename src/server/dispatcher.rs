@@ -16,6 +16,7 @@ use super::Server;
 use super::admission::Counters;
 use super::connection::{Conn, Outgoing};
 use super::resume::{Claimed, Parked, Parking};
+use super::socket_ids::SocketIds;
 use crate::protocol::Codec;
 use crate::transport::message;
 
@@ -36,6 +37,19 @@ pub(crate) enum Command {
     },
     /// A resuming connection failed its handshake.
     Unclaim(String),
+    /// Reserve the socket id a connection asked for; `false`: it is taken.
+    ReserveSocketId {
+        namespace: String,
+        socket_id: String,
+        key: u64,
+        reply: Sender<bool>,
+    },
+    /// A connection that reserved a socket id failed its handshake.
+    ReleaseSocketId {
+        namespace: String,
+        socket_id: String,
+        key: u64,
+    },
     /// `rpc.on` (`subscribe`) or `rpc.off` of known events, in request order; the
     /// answer says, name by name, whether it changed anything.
     Subscriptions {
@@ -84,6 +98,8 @@ pub(crate) struct Dispatcher {
     closing: VecDeque<(Instant, u64)>,
     /// Sessions of dropped connections, kept for `session_ttl`.
     parking: Parking,
+    /// Who holds which socket id, handshakes included.
+    socket_ids: SocketIds,
 }
 
 impl Dispatcher {
@@ -96,6 +112,7 @@ impl Dispatcher {
             idle_scans: 0,
             closing: VecDeque::new(),
             parking: Parking::default(),
+            socket_ids: SocketIds::default(),
         }
     }
 
@@ -169,6 +186,23 @@ impl Dispatcher {
                 let _ = reply.send(claimed);
             }
             Command::Unclaim(token) => self.parking.unclaim(&token, Instant::now()),
+            Command::ReserveSocketId {
+                namespace,
+                socket_id,
+                key,
+                reply,
+            } => {
+                let parking = &mut self.parking;
+                let free = self.socket_ids.reserve(&namespace, &socket_id, key, || {
+                    parking.free_socket_id(&namespace, &socket_id)
+                });
+                let _ = reply.send(free);
+            }
+            Command::ReleaseSocketId {
+                namespace,
+                socket_id,
+                key,
+            } => self.socket_ids.release(&namespace, &socket_id, key),
             Command::Subscriptions {
                 key,
                 events,
@@ -216,6 +250,7 @@ impl Dispatcher {
     fn connect(&mut self, conn: Arc<Conn>) {
         let ns = conn.session.namespace.clone();
         let key = conn.session.key;
+        self.socket_ids.hold(&ns, &conn.session.socket_id, key);
         let clients = self.namespaces.entry(ns).or_default();
         clients.clients.insert(key);
         let resumed = conn.resumes.as_deref().map(|t| self.parking.take(t));
@@ -295,6 +330,9 @@ impl Dispatcher {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
+        let session = &conn.session;
+        self.socket_ids
+            .release(&session.namespace, &session.socket_id, key);
         if resumable {
             self.park(&conn);
         }

@@ -1,9 +1,8 @@
 //! The WebSocket handshake of a new connection: the request's path, query and headers,
-//! the refusals (unknown namespace, origin), the codec and session it declares, and
-//! the [`Conn`] it opens, within `handshake_timeout`.
+//! the refusals (unknown namespace, origin, socket id in use), the codec and session it
+//! declares, and the [`Conn`] it opens, within `handshake_timeout`.
 
 use std::cell::Cell;
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::TcpStream;
 use std::sync::Arc;
 
@@ -42,12 +41,14 @@ pub(super) fn open(
     let mut info = None;
     let mut declared = None;
     let mut session = None;
+    // The socket id it asked for and got, to give back if the handshake fails.
+    let mut reserved = None;
     // A Cell: the failed handshake still holds the callback that set it.
     let refused = Cell::new(false);
     // tungstenite's callback type fixes the (large) error response type.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| {
-        let mut found = request_info(request, peer_addr);
+        let (mut found, asked_id) = request_info(request, peer_addr);
         let refused_namespace = server.config().refuse_unknown_namespaces
             && (server.registry().namespace(&found.namespace)).is_none_or(|t| t.is_empty());
         if refused_namespace {
@@ -65,7 +66,43 @@ pub(super) fn open(
         }
         declared = declared_codec(request, &found, &mut response);
         if server.config().session_ttl.is_some() {
-            session = Some(open_session(server, request, &mut found, &mut response));
+            match open_session(server, request, &mut found, &mut response) {
+                Ok(opened) => session = Some(opened),
+                Err(e) => {
+                    refused.set(true);
+                    log::error!("no session token for a connection: {e}");
+                    return Err(http_error(500, "no secure random source"));
+                }
+            }
+        }
+        // A resumed session brings its own socket id (the parked session held it).
+        if !matches!(session, Some((_, Some(_)))) {
+            match asked_id {
+                Some(id) => match reserve_socket_id(server, &found.namespace, &id, key) {
+                    Some(true) => {
+                        found.socket_id = id.clone();
+                        reserved = Some((found.namespace.clone(), id));
+                    }
+                    Some(false) => {
+                        Counters::count(&server.counters().refused_socket_id);
+                        refused.set(true);
+                        log::debug!("refused a second connection as {id} in {}", found.namespace);
+                        return Err(http_error(409, "socket id in use"));
+                    }
+                    None => {
+                        refused.set(true);
+                        return Err(http_error(503, "server shutting down"));
+                    }
+                },
+                None => match new_socket_id() {
+                    Ok(id) => found.socket_id = id,
+                    Err(e) => {
+                        refused.set(true);
+                        log::error!("no socket id for a connection: {e}");
+                        return Err(http_error(500, "no secure random source"));
+                    }
+                },
+            }
         }
         info = Some(found);
         Ok(response)
@@ -87,6 +124,7 @@ pub(super) fn open(
             if let Some((token, Some(_))) = session {
                 server.dispatch(Command::Unclaim(token));
             }
+            release_socket_id(server, reserved, key);
             return None;
         }
     };
@@ -95,6 +133,7 @@ pub(super) fn open(
         if let Some((token, Some(_))) = session {
             server.dispatch(Command::Unclaim(token));
         }
+        release_socket_id(server, reserved, key);
         return None;
     }
     let mut state = Session::new(key, info.socket_id.clone(), info.namespace.clone());
@@ -120,7 +159,7 @@ fn open_session(
     request: &Request,
     info: &mut ConnectionInfo,
     response: &mut Response,
-) -> (String, Option<Claimed>) {
+) -> Result<(String, Option<Claimed>), getrandom::Error> {
     let offered = request
         .headers()
         .get(RESUME_HEADER)
@@ -132,7 +171,8 @@ fn open_session(
         .and_then(|token| server.claim_session(token, &info.namespace));
     let token = match (&claimed, offered) {
         (Some(_), Some(token)) => token,
-        _ => new_token(),
+        // Nothing was claimed, so nothing is left claimed if this fails.
+        _ => new_token()?,
     };
     if let Ok(value) = token.parse() {
         response.headers_mut().insert(SESSION_HEADER, value);
@@ -144,7 +184,33 @@ fn open_session(
         );
         info.socket_id = claimed.socket_id.clone();
     }
-    (token, claimed)
+    Ok((token, claimed))
+}
+
+/// Reserve the socket id a connection asked for in its namespace: a round trip to the
+/// dispatcher, which owns the table of connections (during the handshake only).
+/// `Some(false)`: an open connection holds it, or one is resuming the session parked
+/// with it; `None`: the server is shutting down.
+fn reserve_socket_id(server: &Server, namespace: &str, socket_id: &str, key: u64) -> Option<bool> {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    server.dispatch(Command::ReserveSocketId {
+        namespace: namespace.to_owned(),
+        socket_id: socket_id.to_owned(),
+        key,
+        reply,
+    });
+    answer.recv().ok()
+}
+
+/// Give back a reserved (namespace, socket id): the handshake failed.
+fn release_socket_id(server: &Server, reserved: Option<(String, String)>, key: u64) {
+    if let Some((namespace, socket_id)) = reserved {
+        server.dispatch(Command::ReleaseSocketId {
+            namespace,
+            socket_id,
+            key,
+        });
+    }
 }
 
 /// An HTTP error answer to a handshake.
@@ -156,16 +222,19 @@ fn http_error(status: u16, body: &str) -> ErrorResponse {
     error
 }
 
-fn request_info(request: &Request, peer_addr: Option<std::net::SocketAddr>) -> ConnectionInfo {
+/// What the request says about the connection, and the socket id it asks for (the
+/// info's `socket_id` is left empty: it is settled once the id is reserved or made).
+fn request_info(
+    request: &Request,
+    peer_addr: Option<std::net::SocketAddr>,
+) -> (ConnectionInfo, Option<String>) {
     let uri = request.uri();
     let namespace = match uri.path() {
         "" => "/".to_owned(),
         path => path.to_owned(),
     };
     let query = uri.query().unwrap_or("").to_owned();
-    let socket_id = query_param(&query, "socket_id")
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(new_socket_id);
+    let asked_id = query_param(&query, "socket_id").filter(|id| !id.is_empty());
     let headers = request
         .headers()
         .iter()
@@ -176,13 +245,14 @@ fn request_info(request: &Request, peer_addr: Option<std::net::SocketAddr>) -> C
             )
         })
         .collect();
-    ConnectionInfo {
-        socket_id,
+    let info = ConnectionInfo {
+        socket_id: String::new(),
         namespace,
         query,
         headers,
         peer_addr,
-    }
+    };
+    (info, asked_id)
 }
 
 /// The codec a client declared: a subprotocol it offers (`msgpack` or `json`, which the
@@ -211,22 +281,22 @@ fn declared_codec(
         .and_then(Codec::named)
 }
 
-/// A random id in the shape of a version 4 UUID, as rpc-websockets makes them.
-fn new_socket_id() -> String {
-    let random = || {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(0);
-        h.finish()
-    };
-    let (a, b) = (random(), random());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        ((b >> 48) & 0x3fff) | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
+/// A random id in the shape of a version 4 UUID, as rpc-websockets makes them: 122
+/// bits from the operating system's secure random source (no weaker fallback).
+fn new_socket_id() -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b)?;
+    b[6] = 0x40 | (b[6] & 0x0f);
+    b[8] = 0x80 | (b[8] & 0x3f);
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        hex(&b[..4]),
+        hex(&b[4..6]),
+        hex(&b[6..8]),
+        hex(&b[8..10]),
+        hex(&b[10..])
+    ))
 }
 
 #[cfg(test)]
@@ -234,11 +304,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn socket_ids_look_like_uuids_and_differ() {
-        let a = new_socket_id();
-        let b = new_socket_id();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 36);
-        assert_eq!(a.as_bytes()[14], b'4');
+    fn socket_ids_are_random_version_4_uuids() {
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| new_socket_id().unwrap()).collect();
+        assert_eq!(ids.len(), 1000);
+        let mut ones = [0u32; 128];
+        for id in &ids {
+            let groups: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12]
+            );
+            let bits = u128::from_str_radix(&groups.concat(), 16).unwrap();
+            assert_eq!((bits >> 76) & 0xf, 4, "version 4: {id}");
+            assert_eq!((bits >> 62) & 0b11, 0b10, "RFC 4122 variant: {id}");
+            for (bit, n) in ones.iter_mut().enumerate() {
+                *n += ((bits >> bit) & 1) as u32;
+            }
+        }
+        // The 122 free bits all vary; the 6 fixed ones do not.
+        let varying = ones.iter().filter(|&&n| n > 0 && n < 1000).count();
+        assert_eq!(varying, 122);
     }
 }

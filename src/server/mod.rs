@@ -19,6 +19,7 @@ mod handshake;
 mod namespace;
 mod registry;
 mod resume;
+mod socket_ids;
 mod threads;
 
 use std::collections::HashMap;
@@ -240,9 +241,26 @@ impl Server {
         self.root().register(name, handler)
     }
 
+    /// Register a method of namespace `/` that needs a login, in one step; see
+    /// [`Namespace::register_protected`].
+    pub fn register_protected<P, R, F>(&self, name: &str, handler: F) -> MethodHandle
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(P, &Context<'_>) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        self.root().register_protected(name, handler)
+    }
+
     /// Declare an event in namespace `/`; see [`Namespace::event`].
     pub fn event(&self, name: &str) -> EventHandle {
         self.root().event(name)
+    }
+
+    /// Declare an event of namespace `/` that needs a login, in one step; see
+    /// [`Namespace::event_protected`].
+    pub fn event_protected(&self, name: &str) -> EventHandle {
+        self.root().event_protected(name)
     }
 
     /// Send an event of namespace `/` to its subscribers; see [`Namespace::emit`].

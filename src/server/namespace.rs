@@ -52,8 +52,14 @@ impl Namespace {
     /// a tuple, a `Vec`, or `serde_json::Value` for anything; absent params read as
     /// `null`, so `()` and `Option<T>` accept them) and returns a serializable value or
     /// an [`RpcError`]. Params that do not fit `P` get `-32602 Invalid params`; a panic
-    /// gets `-32603 Internal error`. Registering a name again replaces the method (and
-    /// makes it public, as rpc-websockets does).
+    /// gets `-32603 Internal error`.
+    ///
+    /// Registering a name again replaces the handler and keeps the rest: a protected
+    /// method stays protected, and [`allow_raw_values`](MethodHandle::allow_raw_values)
+    /// stays on. (rpc-websockets makes it public again; here a method only becomes
+    /// public when told to, with [`MethodHandle::public`].) For a method that needs a
+    /// login, use [`register_protected`](Self::register_protected): `register(..)
+    /// .protected()` leaves a moment in which a new method is public.
     ///
     /// ```
     /// # let server = wsrpc::Server::bind("127.0.0.1:0").unwrap();
@@ -63,7 +69,6 @@ impl Namespace {
     /// server.register("greet", |p: Greet, _| Ok::<_, RpcError>(format!("Hello, {}!", p.name)));
     /// server.register("add", |(a, b): (i64, i64), _| Ok::<_, RpcError>(a + b));
     /// server.register("whoami", |_: (), ctx| Ok::<_, RpcError>(ctx.socket_id().to_owned()));
-    /// server.register("admin", |_: (), _| Ok::<_, RpcError>("secret")).protected();
     /// # server.close();
     /// ```
     ///
@@ -71,6 +76,40 @@ impl Namespace {
     /// If `name` is one of the protocol's own methods (`rpc.on`, `rpc.off`, `rpc.login`,
     /// `__listMethods`).
     pub fn register<P, R, F>(&self, name: &str, handler: F) -> MethodHandle
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(P, &Context<'_>) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        self.register_as(name, handler, None)
+    }
+
+    /// Register a method only logged-in clients may call (others get `-32605 Method
+    /// forbidden`), protected from the moment it exists: in one step, so no client can
+    /// call it in between. Registering a public name this way replaces it and protects
+    /// it in the same step. Otherwise as [`register`](Self::register).
+    ///
+    /// ```
+    /// # let server = wsrpc::Server::bind("127.0.0.1:0").unwrap();
+    /// use wsrpc::RpcError;
+    /// server.set_auth(|token: String, _| Ok(token == "let me in"));
+    /// server.register_protected("admin", |_: (), _| Ok::<_, RpcError>("secret"));
+    /// # server.close();
+    /// ```
+    ///
+    /// # Panics
+    /// As [`register`](Self::register).
+    pub fn register_protected<P, R, F>(&self, name: &str, handler: F) -> MethodHandle
+    where
+        P: DeserializeOwned,
+        R: Serialize,
+        F: Fn(P, &Context<'_>) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        self.register_as(name, handler, Some(true))
+    }
+
+    /// Register in one registry update; `protected: None` keeps what the name had.
+    fn register_as<P, R, F>(&self, name: &str, handler: F, protected: Option<bool>) -> MethodHandle
     where
         P: DeserializeOwned,
         R: Serialize,
@@ -86,7 +125,7 @@ impl Namespace {
                 RpcError::new(codes::INTERNAL_ERROR, "Internal error").with_data(msg)
             })
         };
-        self.update(|t| t.add_method(name, Arc::new(run)));
+        self.update(|t| t.add_method_as(name, Arc::new(run), protected));
         MethodHandle {
             ns: self.clone(),
             name: name.to_owned(),
@@ -94,9 +133,28 @@ impl Namespace {
     }
 
     /// Declare an event clients may subscribe to (`rpc.on`). Declaring it again returns
-    /// the same event.
+    /// the same event, protected or not as it was.
     pub fn event(&self, name: &str) -> EventHandle {
-        self.update(|t| t.add_event(name));
+        self.event_as(name, None)
+    }
+
+    /// Declare an event only logged-in clients may subscribe to (others get `-32606
+    /// Event forbidden`), protected from the moment it exists: `event(..).protected()`
+    /// leaves a moment in which anyone may subscribe. Declaring a public event again
+    /// this way protects it.
+    ///
+    /// ```
+    /// # let server = wsrpc::Server::bind("127.0.0.1:0").unwrap();
+    /// server.event_protected("audit");
+    /// server.emit("audit", serde_json::json!({"user": "foo"})).unwrap();
+    /// # server.close();
+    /// ```
+    pub fn event_protected(&self, name: &str) -> EventHandle {
+        self.event_as(name, Some(true))
+    }
+
+    fn event_as(&self, name: &str, protected: Option<bool>) -> EventHandle {
+        self.update(|t| t.add_event_as(name, protected));
         EventHandle {
             ns: self.clone(),
             name: name.to_owned(),
@@ -179,19 +237,23 @@ impl Namespace {
     }
 }
 
-/// A registered method, to make it protected (login required) or public again.
+/// A registered method, to make it protected (login required) or public again later.
+/// To register a method protected from the start, use
+/// [`Namespace::register_protected`].
 pub struct MethodHandle {
     ns: Namespace,
     name: String,
 }
 
 impl MethodHandle {
-    /// Only logged-in clients may call it; others get `-32605 Method forbidden`.
+    /// Only logged-in clients may call it from now on; others get `-32605 Method
+    /// forbidden`.
     pub fn protected(&self) -> &Self {
         self.set(true)
     }
 
-    /// Anyone may call it (the default).
+    /// Anyone may call it (the default for a new method; registering it again keeps
+    /// what it was).
     pub fn public(&self) -> &Self {
         self.set(false)
     }
@@ -212,7 +274,8 @@ impl MethodHandle {
     }
 }
 
-/// A declared event, to make it protected (login required to subscribe) or public.
+/// A declared event, to make it protected (login required to subscribe) or public
+/// later. To declare one protected from the start, use [`Namespace::event_protected`].
 pub struct EventHandle {
     ns: Namespace,
     name: String,

@@ -75,13 +75,28 @@ impl NamespaceTable {
             .collect()
     }
 
+    /// Add a method, or replace the one of that name keeping its protection.
+    #[cfg(test)]
     pub(crate) fn add_method(&mut self, name: &str, run: Arc<MethodFn>) {
-        // Registering a name again replaces the method and makes it public, as
-        // rpc-websockets does; it keeps its place in `__listMethods`.
+        self.add_method_as(name, run, None);
+    }
+
+    /// Add a method, or replace the one of that name: `protected` says whether it needs
+    /// a login, `None` keeping what the name had (public for a new name). A replaced
+    /// method also keeps its raw-values option and its place in `__listMethods`.
+    /// (rpc-websockets makes a registered-again method public: here a protected method
+    /// must never become public without being told to.)
+    pub(crate) fn add_method_as(
+        &mut self,
+        name: &str,
+        run: Arc<MethodFn>,
+        protected: Option<bool>,
+    ) {
+        let old = self.methods.get(name);
         let method = Method {
             run,
-            protected: false,
-            raw_values: false,
+            protected: protected.unwrap_or(old.is_some_and(|m| m.protected)),
+            raw_values: old.is_some_and(|m| m.raw_values),
         };
         if self.methods.insert(name.to_owned(), method).is_none() {
             self.method_order.push(name.to_owned());
@@ -100,10 +115,22 @@ impl NamespaceTable {
         }
     }
 
+    /// Declare an event, or keep the one of that name as it is.
+    #[cfg(test)]
     pub(crate) fn add_event(&mut self, name: &str) {
-        if !self.events.contains_key(name) {
-            self.events.insert(name.to_owned(), false);
-            self.event_order.push(name.to_owned());
+        self.add_event_as(name, None);
+    }
+
+    /// Declare an event: `protected` says whether subscribing needs a login, `None`
+    /// keeping what the event had (public for a new one).
+    pub(crate) fn add_event_as(&mut self, name: &str, protected: Option<bool>) {
+        match self.events.get_mut(name) {
+            Some(flag) => *flag = protected.unwrap_or(*flag),
+            None => {
+                self.events
+                    .insert(name.to_owned(), protected.unwrap_or(false));
+                self.event_order.push(name.to_owned());
+            }
         }
     }
 
@@ -215,28 +242,49 @@ mod tests {
         );
     }
 
+    fn method(registry: &Registry, name: &str) -> Method {
+        registry
+            .namespace("/")
+            .unwrap()
+            .method(name)
+            .unwrap()
+            .clone()
+    }
+
     #[test]
-    fn registering_again_makes_a_method_public() {
+    fn registering_again_keeps_protection_and_raw_values_unless_told() {
         let registry = Registry::default();
+        registry.update("/", |t| t.add_method_as("m", nop(), Some(true)));
+        assert!(method(&registry, "m").protected, "protected from the start");
+        registry.update("/", |t| t.allow_raw_values("m", true));
         registry.update("/", |t| t.add_method("m", nop()));
-        registry.update("/", |t| t.protect_method("m", true));
+        let again = method(&registry, "m");
         assert!(
-            registry
-                .namespace("/")
-                .unwrap()
-                .method("m")
-                .unwrap()
-                .protected
+            again.protected && again.raw_values,
+            "registering again changed it"
         );
-        registry.update("/", |t| t.add_method("m", nop()));
-        assert!(
-            !registry
-                .namespace("/")
-                .unwrap()
-                .method("m")
-                .unwrap()
-                .protected
-        );
+        registry.update("/", |t| t.add_method_as("m", nop(), Some(false)));
+        let public = method(&registry, "m");
+        assert!(!public.protected && public.raw_values);
+        registry.update("/", |t| t.add_method_as("m", nop(), Some(true)));
+        assert!(method(&registry, "m").protected);
+        registry.update("/", |t| t.add_method("n", nop()));
+        assert!(!method(&registry, "n").protected, "a new name is public");
+    }
+
+    #[test]
+    fn declaring_an_event_again_keeps_its_protection_unless_told() {
+        let registry = Registry::default();
+        let event = |name| registry.namespace("/").unwrap().event(name);
+        registry.update("/", |t| t.add_event_as("e", Some(true)));
+        assert_eq!(event("e"), Some(true));
+        registry.update("/", |t| t.add_event("e"));
+        assert_eq!(event("e"), Some(true));
+        registry.update("/", |t| t.add_event_as("e", Some(false)));
+        assert_eq!(event("e"), Some(false));
+        registry.update("/", |t| t.add_event("f"));
+        assert_eq!(event("f"), Some(false));
+        assert_eq!(registry.namespace("/").unwrap().event_names(), ["e", "f"]);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! token gets it back, the missed events first, in order. Owned by the dispatcher.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::time::{Duration, Instant};
 
 use tungstenite::Message;
@@ -18,15 +17,12 @@ pub(crate) const RESUME_HEADER: &str = "x-wsrpc-resume";
 /// Response header present (`1`) when the offered session was resumed.
 pub(crate) const RESUMED_HEADER: &str = "x-wsrpc-resumed";
 
-/// A new session token: 128 bits of SipHash keyed by the OS's randomness (std's
-/// `RandomState`): unguessable without the key.
-pub(crate) fn new_token() -> String {
-    let word = || {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u8(1);
-        h.finish()
-    };
-    format!("{:016x}{:016x}", word(), word())
+/// A new session token: 128 bits from the operating system's secure random source, in
+/// hex. There is no weaker fallback: if the source fails, so does the handshake.
+pub(crate) fn new_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// What a resuming connection takes over.
@@ -85,6 +81,8 @@ pub(crate) struct Parking {
     expiry: VecDeque<(Instant, String)>,
     /// (namespace, event) to the tokens of parked subscribers.
     by_event: HashMap<(String, String), HashSet<String>>,
+    /// (namespace, socket id) to the token of the session parked with that id.
+    by_socket_id: HashMap<(String, String), String>,
 }
 
 impl Parking {
@@ -100,18 +98,46 @@ impl Parking {
             let Some((_, evicted)) = oldest.and_then(|i| self.expiry.remove(i)) else {
                 return;
             };
-            if let Some(old) = self.sessions.remove(&evicted) {
+            if let Some(old) = self.remove(&evicted) {
                 log::warn!("too many parked sessions: {}'s is given up", old.socket_id);
-                self.forget_subscriptions(&evicted, &old);
             }
         }
         for event in &session.subscriptions {
             let key = (session.namespace.clone(), event.clone());
             self.by_event.entry(key).or_default().insert(token.clone());
         }
+        let id = (session.namespace.clone(), session.socket_id.clone());
+        // Socket ids are unique among connections, so an older session parked with the
+        // same id is stale (its id was given to a new connection since).
+        if let Some(stale) = self.by_socket_id.insert(id, token.clone())
+            && stale != token
+        {
+            self.remove(&stale);
+        }
         self.expiry.push_back((session.expires, token.clone()));
         log::debug!("session of {} parked", session.socket_id);
         self.sessions.insert(token, session);
+    }
+
+    /// Whether a new connection of `namespace` may take `socket_id`: yes if no session
+    /// is parked with it, or if the one parked with it is not being resumed (that
+    /// session is then given up: a connection is there, its id cannot come back); no
+    /// while a connection is resuming it.
+    pub(crate) fn free_socket_id(&mut self, namespace: &str, socket_id: &str) -> bool {
+        let id = (namespace.to_owned(), socket_id.to_owned());
+        let Some(token) = self.by_socket_id.get(&id).cloned() else {
+            return true;
+        };
+        if self.sessions.get(&token).is_some_and(|s| s.claimed) {
+            return false;
+        }
+        if let Some(session) = self.remove(&token) {
+            log::debug!(
+                "session of {} given up: a new connection took its socket id",
+                session.socket_id
+            );
+        }
+        true
     }
 
     /// Reserve a parked session of `namespace` for a resuming connection.
@@ -135,19 +161,27 @@ impl Parking {
         };
         session.claimed = false;
         // It may have come due while claimed (expiry skips claimed sessions).
-        if now >= session.expires
-            && let Some(session) = self.sessions.remove(token)
-        {
-            self.forget_subscriptions(token, &session);
+        if now >= session.expires {
+            self.remove(token);
         }
     }
 
     /// Hand a session over to the connection that resumed it; `None` if it is gone
     /// or overflowed while claimed.
     pub(crate) fn take(&mut self, token: &str) -> Option<Parked> {
+        let session = self.remove(token)?;
+        (!session.overflowed).then_some(session)
+    }
+
+    /// Forget a session and every index entry that points to it.
+    fn remove(&mut self, token: &str) -> Option<Parked> {
         let session = self.sessions.remove(token)?;
         self.forget_subscriptions(token, &session);
-        (!session.overflowed).then_some(session)
+        let id = (session.namespace.clone(), session.socket_id.clone());
+        if self.by_socket_id.get(&id).is_some_and(|t| t == token) {
+            self.by_socket_id.remove(&id);
+        }
+        Some(session)
     }
 
     fn forget_subscriptions(&mut self, token: &str, session: &Parked) {
@@ -197,12 +231,11 @@ impl Parking {
             }
         }
         for token in overflowed {
-            if let Some(session) = self.sessions.remove(&token) {
+            if let Some(session) = self.remove(&token) {
                 log::warn!(
                     "session of {} missed more than {limit} events; it cannot be resumed",
                     session.socket_id
                 );
-                self.forget_subscriptions(&token, &session);
             }
         }
     }
@@ -226,10 +259,9 @@ impl Parking {
                 .sessions
                 .get(&token)
                 .is_some_and(|s| s.expires == at && !s.claimed)
-                && let Some(session) = self.sessions.remove(&token)
+                && let Some(session) = self.remove(&token)
             {
                 log::debug!("session of {} expired", session.socket_id);
-                self.forget_subscriptions(&token, &session);
             }
         }
     }
@@ -261,10 +293,19 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_long_and_differ() {
-        let (a, b) = (new_token(), new_token());
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
+    fn tokens_are_128_random_bits_in_hex() {
+        let tokens: HashSet<String> = (0..1000).map(|_| new_token().unwrap()).collect();
+        assert_eq!(tokens.len(), 1000);
+        for token in &tokens {
+            assert_eq!(token.len(), 32);
+            assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        // Every bit position takes both values: no part of the token is fixed.
+        let ones = |bit: usize| {
+            let count = |t: &String| (u128::from_str_radix(t, 16).unwrap() >> bit) & 1;
+            tokens.iter().map(count).sum::<u128>()
+        };
+        assert!((0..128).all(|bit| (1..1000).contains(&ones(bit))));
     }
 
     #[test]
@@ -343,16 +384,50 @@ mod tests {
     #[test]
     fn past_the_cap_the_oldest_unclaimed_session_goes() {
         let mut p = Parking::default();
-        p.park("a".into(), parked(&["feed"], Duration::from_secs(60)), 2);
-        p.park("b".into(), parked(&[], Duration::from_secs(60)), 2);
+        p.park("a".into(), parked_as("a", "/"), 2);
+        p.park("b".into(), parked_as("b", "/"), 2);
         assert!(p.claim("a", "/", Instant::now()).is_some());
-        p.park("c".into(), parked(&[], Duration::from_secs(60)), 2);
+        p.park("c".into(), parked_as("c", "/"), 2);
         assert!(p.take("a").is_some(), "a claimed session was evicted");
         assert!(
             p.claim("b", "/", Instant::now()).is_none(),
             "the oldest unclaimed stayed"
         );
         assert!(p.claim("c", "/", Instant::now()).is_some());
+    }
+
+    fn parked_as(id: &str, namespace: &str) -> Parked {
+        let mut session = parked(&["feed"], Duration::from_secs(60));
+        session.socket_id = id.into();
+        session.namespace = namespace.into();
+        session
+    }
+
+    #[test]
+    fn a_new_connection_takes_a_parked_id_unless_it_is_being_resumed() {
+        let mut p = Parking::default();
+        p.park("t".into(), parked_as("a", "/"), 10);
+        p.park("u".into(), parked_as("b", "/"), 10);
+        assert!(p.free_socket_id("/", "x"), "nobody is parked as x");
+        assert!(p.free_socket_id("/chat", "a"), "a is parked in / only");
+        assert_eq!(p.len(), 2);
+        assert!(p.claim("u", "/", Instant::now()).is_some());
+        assert!(!p.free_socket_id("/", "b"), "b is being resumed");
+        assert!(p.take("u").is_some());
+        assert!(p.free_socket_id("/", "a"));
+        assert!(p.claim("t", "/", Instant::now()).is_none(), "a was kept");
+        assert_eq!(p.len(), 0);
+        assert!(p.by_event.is_empty() && p.by_socket_id.is_empty());
+    }
+
+    #[test]
+    fn a_session_parked_with_a_taken_id_replaces_the_stale_one() {
+        let mut p = Parking::default();
+        p.park("t".into(), parked_as("a", "/"), 10);
+        p.park("u".into(), parked_as("a", "/"), 10);
+        assert!(p.claim("t", "/", Instant::now()).is_none());
+        assert!(p.claim("u", "/", Instant::now()).is_some());
+        assert_eq!(p.len(), 1);
     }
 
     #[test]
@@ -365,5 +440,6 @@ mod tests {
         p.expire(at);
         assert_eq!(p.len(), 0);
         assert!(p.by_event.is_empty());
+        assert!(p.by_socket_id.is_empty());
     }
 }
