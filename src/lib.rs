@@ -46,6 +46,8 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: items of the `tls` feature are marked.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod error;
