@@ -26,9 +26,9 @@ unit:
 	$(CARGO) test -p wsrpc-bench
 
 # The crate as it would be published: `cargo package` lists its files and builds them
-# alone (about 25 s from cold). It fails on any cargo warning and on a file of bench/,
-# fuzz/, interop/ or benchmarks/ in the list. --allow-dirty: uncommitted changes are
-# packaged as they are.
+# alone (20 to 60 s from cold, a few seconds after `unit`). It fails on any cargo
+# warning, and on a file of bench/, fuzz/, interop/ or benchmarks/ in the list.
+# --allow-dirty: uncommitted changes are packaged as they are.
 package:
 	@if $(CARGO) package --list --allow-dirty | grep -E '^(bench|benchmarks|fuzz|interop)/'; then \
 		echo "make package: the files above must not be published" >&2; exit 1; \
