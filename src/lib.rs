@@ -41,11 +41,14 @@
 //! that runs long does not delay the next requests of its connection: after
 //! [`ServerConfig::slow_call_threshold`] another thread takes over reading them.
 //!
-//! The wire contract, and where wsrpc deliberately differs from rpc-websockets, is in
-//! `PROTOCOL.md` of the project.
+//! The wire protocol, for anyone writing a client or debugging a connection, and where
+//! wsrpc deliberately differs from rpc-websockets, is in `docs/PROTOCOL.md`, part of the
+//! crate's sources.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: items of the `tls` feature are marked.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod error;
