@@ -1,5 +1,5 @@
 //! Log lines a client can trigger at will (a refused connection, an oversized batch,
-//! a protocol error) go through [`warn_limited!`]: each call site logs at most
+//! a protocol error) go through [`log_limited!`]: each call site logs at most
 //! [`LINES_PER_WINDOW`] lines per [`WINDOW`], and says how many it held back, so a
 //! client cannot flood the application's log.
 
@@ -55,19 +55,36 @@ fn window_now() -> u64 {
     (epoch.elapsed().as_millis() / WINDOW.as_millis()) as u64 + 1
 }
 
-/// `log::warn!`, at most [`LINES_PER_WINDOW`] times per [`WINDOW`] from each call site.
-macro_rules! warn_limited {
-    ($($arg:tt)+) => {{
+/// `log::log!` at `level`, at most [`LINES_PER_WINDOW`] times per [`WINDOW`] from each
+/// call site.
+macro_rules! log_limited {
+    ($level:expr, $($arg:tt)+) => {{
         static LIMIT: $crate::log_limit::Limit = $crate::log_limit::Limit::new();
-        if let Some(held_back) = LIMIT.allow() {
+        if log::log_enabled!($level) && let Some(held_back) = LIMIT.allow() {
             if held_back > 0 {
-                log::warn!("({held_back} lines like the next were not logged)");
+                log::log!($level, "({held_back} lines like the next were not logged)");
             }
-            log::warn!($($arg)+);
+            log::log!($level, $($arg)+);
         }
     }};
 }
+pub(crate) use log_limited;
+
+/// `log::warn!` through [`log_limited!`].
+macro_rules! warn_limited {
+    ($($arg:tt)+) => {
+        $crate::log_limit::log_limited!(log::Level::Warn, $($arg)+)
+    };
+}
 pub(crate) use warn_limited;
+
+/// `log::error!` through [`log_limited!`].
+macro_rules! error_limited {
+    ($($arg:tt)+) => {
+        $crate::log_limit::log_limited!(log::Level::Error, $($arg)+)
+    };
+}
+pub(crate) use error_limited;
 
 #[cfg(test)]
 mod tests {

@@ -376,3 +376,48 @@ fn setup_runs_before_the_first_connection_is_accepted() {
     assert_eq!(client.call("ready", Value::Null)["error"]["code"], -32605);
     server.close();
 }
+
+/// Counts the log lines that contain some text (a logger for this test binary).
+struct CountingLogger;
+
+static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl log::Log for CountingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        LOGGED.lock().unwrap().push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn a_client_refused_again_and_again_cannot_flood_the_log() {
+    let _ = log::set_logger(&CountingLogger);
+    log::set_max_level(log::LevelFilter::Warn);
+    let mut config = ServerConfig::default();
+    config.max_connections_per_ip = 1;
+    let server = Server::builder()
+        .config(config)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let _held = Raw::connect(&url(&server, "/"));
+    for _ in 0..100 {
+        assert!(tungstenite::connect(url(&server, "/")).is_err());
+    }
+    assert!(common::wait_until(
+        || server.stats().refused_per_address == 100
+    ));
+    let refusals = LOGGED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains("max_connections_per_ip reached"))
+        .count();
+    assert!(
+        (1..=10).contains(&refusals),
+        "{refusals} log lines for 100 refused connections"
+    );
+    server.close();
+}

@@ -13,6 +13,7 @@ use super::dispatcher::Command;
 use super::registry::NamespaceTable;
 use super::{Context, Server};
 use crate::error::{RpcError, codes};
+use crate::log_limit::error_limited;
 use crate::protocol::{Call, Codec, Encoded, Incoming, Item, Params, Reply};
 
 /// One connection as the rules see it. Who it is subscribed to is not here: the
@@ -245,7 +246,7 @@ fn guarded<T>(name: &str, f: impl FnOnce() -> Result<T, RpcError>) -> Result<T, 
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            log::error!("handler of '{name}' panicked: {what}");
+            error_limited!("handler of '{name}' panicked: {what}");
             let error = RpcError::standard(codes::INTERNAL_ERROR)
                 .with_data(format!("handler of '{name}' panicked"));
             Err(Failure::Failed(error))

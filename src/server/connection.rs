@@ -324,7 +324,7 @@ impl Conn {
     pub(crate) fn hand_off(self: &Arc<Self>, server: &Server) {
         if self.in_flight.load(Ordering::SeqCst) >= server.config().max_calls_in_flight {
             if !self.at_call_limit.swap(true, Ordering::Relaxed) {
-                log::warn!(
+                warn_limited!(
                     "client {} has max_calls_in_flight handlers running; its next requests wait",
                     self.session.socket_id
                 );
@@ -420,7 +420,7 @@ fn read_on_new_thread(server: &Server, conn: Arc<Conn>, reader: Reader) -> Resul
         }
     });
     spawned.map_err(|e| {
-        log::warn!("could not start a reader thread: {e}");
+        warn_limited!("could not start a reader thread: {e}");
         lock(&carrier)
             .take()
             .expect("a thread that never started kept nothing")

@@ -17,6 +17,7 @@ use super::admission::Counters;
 use super::connection::{Conn, Outgoing};
 use super::resume::{Claimed, Parked, Parking};
 use super::socket_ids::SocketIds;
+use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
 use crate::transport::message;
 
@@ -366,7 +367,7 @@ impl Dispatcher {
                 continue;
             };
             if !conn.push(&self.server, Outgoing::Frame(frame)) {
-                log::warn!(
+                warn_limited!(
                     "client {} let its outgoing queue fill up; disconnecting it",
                     conn.session.socket_id
                 );

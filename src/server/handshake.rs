@@ -17,6 +17,7 @@ use super::connection::{Conn, Reader};
 use super::dispatcher::Command;
 use super::resume::{Claimed, RESUME_HEADER, RESUMED_HEADER, SESSION_HEADER, new_token};
 use crate::error::Error;
+use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
 use crate::transport::{ConnStream, Sink};
 
@@ -33,7 +34,7 @@ pub(super) fn open(
     let socket = match server.socket(stream) {
         Ok(socket) => socket,
         Err(e) => {
-            log::warn!("{e}");
+            warn_limited!("{e}");
             return None;
         }
     };
@@ -61,7 +62,7 @@ pub(super) fn open(
         {
             Counters::count(&server.counters().refused_origin);
             refused.set(true);
-            log::warn!("refused a connection from origin {origin}");
+            warn_limited!("refused a connection from origin {origin}");
             return Err(http_error(403, "origin not allowed"));
         }
         declared = declared_codec(request, &found, &mut response);

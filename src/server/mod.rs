@@ -40,6 +40,7 @@ pub use namespace::{EventHandle, MethodHandle, Namespace};
 
 use crate::error::{Error, RpcError};
 use crate::lock;
+use crate::log_limit::warn_limited;
 use admission::{Admission, Counters, Refusal};
 use config::Hooks;
 use dispatcher::{Command, Dispatcher};
@@ -426,7 +427,7 @@ impl Server {
                     ),
                 };
                 Counters::count(counter);
-                log::warn!("refused a connection from {ip}: {why} reached");
+                warn_limited!("refused a connection from {ip}: {why} reached");
                 admission::refuse(stream, refusal);
                 return;
             }
@@ -481,7 +482,7 @@ impl Server {
                 if let Err(e) = started {
                     // The connection stays queued: the next one queued tries again.
                     self.shared.writers.not_started();
-                    log::warn!("could not start a writer thread: {e}");
+                    warn_limited!("could not start a writer thread: {e}");
                 }
             }
         }
@@ -596,7 +597,7 @@ impl Server {
 
     /// Log an error that concerns no single request and pass it to `on_error`.
     pub(crate) fn report(&self, error: Error) {
-        log::warn!("{error}");
+        warn_limited!("{error}");
         self.shared.hooks.error(&error);
     }
 }

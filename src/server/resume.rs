@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tungstenite::Message;
 
+use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
 
 /// Response header naming the connection's session token.
@@ -99,7 +100,7 @@ impl Parking {
                 return;
             };
             if let Some(old) = self.remove(&evicted) {
-                log::warn!("too many parked sessions: {}'s is given up", old.socket_id);
+                warn_limited!("too many parked sessions: {}'s is given up", old.socket_id);
             }
         }
         for event in &session.subscriptions {
@@ -232,7 +233,7 @@ impl Parking {
         }
         for token in overflowed {
             if let Some(session) = self.remove(&token) {
-                log::warn!(
+                warn_limited!(
                     "session of {} missed more than {limit} events; it cannot be resumed",
                     session.socket_id
                 );
