@@ -501,7 +501,7 @@ fn finish(
         server.report(Error::Protocol(format!(
             "client {}: {reason}",
             conn.session.socket_id
-        )));
+        ).into()));
     }
     conn.finished.store(true, Ordering::SeqCst);
     conn.queued.fetch_add(1, Ordering::SeqCst);
