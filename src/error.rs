@@ -332,10 +332,9 @@ impl fmt::Display for Error {
             Error::Refused { status } => {
                 write!(f, "the server refused the handshake with HTTP {status}")
             }
-            Error::EventsDropped { dropped } => write!(
-                f,
-                "{dropped} events dropped: the callback queue was full"
-            ),
+            Error::EventsDropped { dropped } => {
+                write!(f, "{dropped} events dropped: the callback queue was full")
+            }
         }
     }
 }
@@ -407,7 +406,12 @@ mod tests {
         let source = ws.source().expect("the tungstenite error is kept");
         assert!(source.downcast_ref::<tungstenite::Error>().is_some());
         let io = Error::from(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()));
-        assert!(io.source().unwrap().downcast_ref::<std::io::Error>().is_some());
+        assert!(
+            io.source()
+                .unwrap()
+                .downcast_ref::<std::io::Error>()
+                .is_some()
+        );
         assert!(Error::Protocol("text only".into()).source().is_none());
     }
 

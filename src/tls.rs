@@ -58,8 +58,7 @@ impl TlsSocket {
     ) -> Result<Self, Error> {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| Error::InvalidUrl(format!("{host}: {e}")))?;
-        let conn =
-            ClientConnection::new(config, name).map_err(Error::protocol)?;
+        let conn = ClientConnection::new(config, name).map_err(Error::protocol)?;
         Ok(TlsSocket::new(tcp, conn.into()))
     }
 

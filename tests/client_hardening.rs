@@ -83,11 +83,15 @@ fn a_full_callback_queue_drops_new_events_counts_them_and_tells_on_error() {
 
     // Once the callback returns, the queued events run, and on_error hears of the rest.
     drop(gate.release);
-    assert!(wait_until(|| gate.entered.load(Ordering::SeqCst) == 1 + CAPACITY));
+    assert!(wait_until(
+        || gate.entered.load(Ordering::SeqCst) == 1 + CAPACITY
+    ));
     assert!(wait_until(|| reported.load(Ordering::SeqCst) == dropped));
     // The client carries on: new events get through.
     server.emit("newsUpdate", json!("after")).unwrap();
-    assert!(wait_until(|| gate.entered.load(Ordering::SeqCst) == 2 + CAPACITY));
+    assert!(wait_until(
+        || gate.entered.load(Ordering::SeqCst) == 2 + CAPACITY
+    ));
     assert_eq!(client.dropped_events(), dropped);
     assert!(format!("{client:?}").contains(&format!("dropped_events: {dropped}")));
     client.close();
@@ -209,7 +213,11 @@ fn close_and_drop_return_promptly_while_the_tcp_connect_hangs() {
             rx.recv_timeout(DEADLINE).is_ok(),
             "{how} hung behind the TCP connect"
         );
-        assert!(started.elapsed() < Duration::from_secs(3), "{how} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{how} took {:?}",
+            started.elapsed()
+        );
     }
 }
 
@@ -233,9 +241,7 @@ fn duration_max_in_every_setting_works() {
         .unwrap();
     assert_eq!(client.call("sum", [1, 2]).unwrap(), json!(3));
     assert_eq!(
-        client
-            .call_timeout("sum", [2, 2], Duration::MAX)
-            .unwrap(),
+        client.call_timeout("sum", [2, 2], Duration::MAX).unwrap(),
         json!(4)
     );
     client.notify("update", [1]).unwrap();
@@ -274,6 +280,7 @@ fn duration_max_in_every_setting_works() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
 fn the_session_token_is_offered_in_a_header_not_in_the_url() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -362,7 +369,10 @@ fn a_refused_handshake_tells_its_http_status() {
         .connect()
         .unwrap_err();
     assert_eq!(error.http_status(), Some(404), "{error:?}");
-    assert!(matches!(error, Error::Refused { status: 404, .. }), "{error:?}");
+    assert!(
+        matches!(error, Error::Refused { status: 404, .. }),
+        "{error:?}"
+    );
     server.close();
 
     for (line, status) in [
@@ -392,7 +402,10 @@ fn codec_errors_keep_their_source() {
     let error = client.call_as::<String>("sum", [1, 2]).unwrap_err();
     assert!(matches!(error, Error::Codec(_)), "{error:?}");
     let source = error.source().expect("the decoding error is kept");
-    assert!(source.downcast_ref::<serde_json::Error>().is_some(), "{source:?}");
+    assert!(
+        source.downcast_ref::<serde_json::Error>().is_some(),
+        "{source:?}"
+    );
     client.close();
     server.close();
 }

@@ -118,7 +118,10 @@ impl fmt::Debug for ClientBuilder {
             .field("timeout", &self.options.timeout)
             .field("codec", &self.options.codec)
             .field("heartbeat", &self.options.heartbeat)
-            .field("wait_while_reconnecting", &self.options.wait_while_reconnecting)
+            .field(
+                "wait_while_reconnecting",
+                &self.options.wait_while_reconnecting,
+            )
             .field("callback_queue", &self.options.callback_queue)
             .field("headers", &headers)
             .field("socket_id", &self.socket_id.is_some())

@@ -425,8 +425,7 @@ impl Inner {
         params: &Value,
     ) -> Result<(), Error> {
         let codec = self.options.codec;
-        let frame = message(codec, codec.encode_call(id, method, params))
-            .map_err(Error::codec)?;
+        let frame = message(codec, codec.encode_call(id, method, params)).map_err(Error::codec)?;
         sink.send(frame).map_err(|e| match e {
             // The socket's write timeout (the client's `timeout`) passed: the server
             // stopped reading, and the sink has cut the connection.
@@ -510,13 +509,19 @@ impl Inner {
         if let Some(params) = login
             && let Err(e) = self.call("rpc.login", params, timeout, Caller::Restore)
         {
-            self.report(Error::Protocol(ErrorDetail::with("logging in again failed", e)));
+            self.report(Error::Protocol(ErrorDetail::with(
+                "logging in again failed",
+                e,
+            )));
         }
         let events: Vec<String> = lock(&self.subscriptions).keys().cloned().collect();
         if !events.is_empty()
             && let Err(e) = self.server_subscribe(&events, Caller::Restore)
         {
-            self.report(Error::Protocol(ErrorDetail::with("subscribing again failed", e)));
+            self.report(Error::Protocol(ErrorDetail::with(
+                "subscribing again failed",
+                e,
+            )));
         }
     }
 
