@@ -236,6 +236,30 @@ fn close_and_drop_return_promptly_while_the_tcp_connect_hangs() {
 }
 
 #[test]
+fn close_answers_a_waiting_open_while_the_tcp_connect_hangs() {
+    let (listener, _filled) = full_backlog();
+    let addr = listener.local_addr().unwrap();
+    let client = Client::builder(&format!("ws://{addr}/"))
+        .timeout(Duration::from_secs(60))
+        .autoconnect(false)
+        .build();
+    let (tx, rx) = mpsc::channel();
+    let opener = client.clone();
+    thread::spawn(move || {
+        let _ = tx.send(opener.open());
+    });
+    assert!(
+        wait_until(|| syn_sent_to(addr.port())),
+        "the client never started connecting"
+    );
+    client.close();
+    let opened = rx
+        .recv_timeout(DEADLINE)
+        .expect("open() hung after close()");
+    assert!(matches!(opened, Err(Error::Closed)), "{opened:?}");
+}
+
+#[test]
 fn duration_max_in_every_setting_works() {
     let server = common::start();
     let proxy = Proxy::to(&server);

@@ -337,7 +337,7 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
                     let _ = waiter.send(Err(e.duplicate()));
                 }
                 let reason = e.to_string();
-                inner.queue_lifecycle(Job::Error(e));
+                inner.queue_report(e);
                 let made = retry;
                 let may_retry = ever_connected || policy.retry_if_unreachable;
                 let delay = may_retry
@@ -389,10 +389,12 @@ fn install(inner: &Arc<Inner>, sink: &Arc<Sink>, resumed: bool) -> Option<u64> {
         restore_then_open(inner, generation);
     } else {
         inner.mark_ready(generation);
-        inner.queue_lifecycle(Job::Opened {
-            generation,
-            restore: false,
-        });
+        if inner.hooks.open.is_some() {
+            inner.queue_lifecycle(Job::Opened {
+                generation,
+                restore: false,
+            });
+        }
     }
     Some(generation)
 }

@@ -562,10 +562,11 @@ impl Inner {
         }
     }
 
-    /// Queue an open, a close or a failed attempt: these are never dropped while the
-    /// client is open. They take the slack above the events' capacity; should a stuck
-    /// callback let even that fill, the caller waits, looking every 50 ms whether the
-    /// client was closed meanwhile.
+    /// Queue an open or a close (for `on_open` / `on_close`): these are never dropped
+    /// while the client is open. They take the slack above the events' capacity, and
+    /// there are few of them (the I/O thread waits for each `on_close` before it
+    /// retries); should a callback that never returns let even that fill, the caller
+    /// waits, looking every 50 ms whether the client was closed meanwhile.
     fn queue_lifecycle(&self, mut job: Job) {
         loop {
             match self.jobs.send_timeout(job, Duration::from_millis(50)) {
@@ -578,6 +579,23 @@ impl Inner {
                     job = back;
                 }
             }
+        }
+    }
+
+    /// Queue a failed attempt's error for `on_error`; dropped (and logged) when the
+    /// queue is full: `on_close` reports every failed attempt too.
+    fn queue_report(&self, error: Error) {
+        if self.hooks.error.is_none() {
+            log::warn!("{error}");
+            return;
+        }
+        // The slack above the events' capacity is kept for opens and closes.
+        if self.jobs.len() >= self.options.callback_queue {
+            log::warn!("{error} (not given to on_error: the callback queue is full)");
+            return;
+        }
+        if let Err(TrySendError::Full(Job::Error(error))) = self.jobs.try_send(Job::Error(error)) {
+            log::warn!("{error} (not given to on_error: the callback queue is full)");
         }
     }
 
@@ -597,14 +615,22 @@ impl Inner {
     }
 
     fn close(&self) {
-        let (sink, connecting) = {
+        let (sink, connecting, waiting) = {
             let mut state = self.state();
             if self.closed.swap(true, Ordering::SeqCst) {
                 return;
             }
-            (state.sink.clone(), state.connecting.take())
+            (
+                state.sink.clone(),
+                state.connecting.take(),
+                std::mem::take(&mut state.waiting),
+            )
         };
         self.state_changed.notify_all();
+        // Callers of `open` learn now, not when an attempt under way ends.
+        for waiter in waiting {
+            let _ = waiter.send(Err(Error::Closed));
+        }
         let _ = self.control.send(Control::Close);
         if let Some(connecting) = connecting {
             connecting.shutdown();
@@ -686,10 +712,12 @@ fn restore_then_open(inner: &Arc<Inner>, generation: u64) {
         .spawn(move || {
             restorer.restore();
             restorer.mark_ready(generation);
-            restorer.queue_lifecycle(Job::Opened {
-                generation,
-                restore: false,
-            });
+            if restorer.hooks.open.is_some() {
+                restorer.queue_lifecycle(Job::Opened {
+                    generation,
+                    restore: false,
+                });
+            }
         });
     if let Err(e) = spawned {
         log::warn!("could not start a thread to restore the connection: {e}");
