@@ -437,6 +437,19 @@ impl Inner {
             {
                 Error::Timeout
             }
+            // The connection was cut under us (a stalled send, a drop the I/O thread
+            // has not seen yet).
+            tungstenite::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::NotConnected
+                ) =>
+            {
+                Error::ConnectionLost
+            }
             other => Error::from(other),
         })
     }
