@@ -464,3 +464,17 @@ fn a_std_error_from_a_handler_reaches_the_client_without_a_type_name() {
     client.close();
     server.close();
 }
+
+#[test]
+fn a_host_name_is_looked_up_and_connected_to() {
+    let server = common::start();
+    let port = server.local_addr().port();
+    // Looked up on a thread of its own (a lookup cannot be interrupted).
+    let client = Client::builder(&format!("ws://localhost:{port}/"))
+        .timeout(Duration::MAX)
+        .connect()
+        .unwrap();
+    assert_eq!(client.call("sum", [1, 1]).unwrap(), json!(2));
+    client.close();
+    server.close();
+}

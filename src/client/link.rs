@@ -132,7 +132,7 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>, bool), Error> {
     let deadline = deadline_after(inner.options.timeout);
     let mut last_error = Error::InvalidUrl(format!("{host}: no address"));
     let mut stream = None;
-    for addr in resolve(&host, port, deadline)? {
+    for addr in resolve(&host, port, deadline, &inner.lookup_running)? {
         if inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
@@ -213,21 +213,40 @@ fn far_future() -> Instant {
 }
 
 /// The addresses of `host`. A name lookup cannot be interrupted and may hang: it runs
-/// on a thread of its own, given up at `deadline` (and left to end by itself).
-fn resolve(host: &str, port: u16, deadline: Option<Instant>) -> Result<Vec<SocketAddr>, Error> {
+/// on a thread of its own, given up at `deadline` (and left to end by itself). One
+/// lookup at a time per client (`running`): while a given-up one still hangs, attempts
+/// fail at once rather than start more threads.
+fn resolve(
+    host: &str,
+    port: u16,
+    deadline: Option<Instant>,
+    running: &Arc<AtomicBool>,
+) -> Result<Vec<SocketAddr>, Error> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
+    if running.swap(true, Ordering::SeqCst) {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("an earlier lookup of {host} has not finished"),
+        )));
+    }
     let (tx, rx) = crossbeam_channel::bounded(1);
     let name = host.to_owned();
-    thread::Builder::new()
+    let done = running.clone();
+    let spawned = thread::Builder::new()
         .name("wsrpc-client-dns".into())
         .spawn(move || {
             let found = (name.as_str(), port)
                 .to_socket_addrs()
                 .map(|addrs| addrs.collect::<Vec<_>>());
+            done.store(false, Ordering::SeqCst);
             let _ = tx.send(found);
-        })?;
+        });
+    if let Err(e) = spawned {
+        running.store(false, Ordering::SeqCst);
+        return Err(Error::Io(e));
+    }
     let found = match deadline {
         Some(deadline) => rx.recv_deadline(deadline).map_err(|e| match e {
             RecvTimeoutError::Timeout => Error::Io(std::io::Error::new(

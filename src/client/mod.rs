@@ -110,8 +110,10 @@ struct Inner {
     io_thread: Mutex<Option<JoinHandle<()>>>,
     /// Disconnected when the I/O thread ends.
     io_done: Receiver<()>,
-    /// The thread that runs callbacks (and restores connections).
+    /// The thread that runs callbacks.
     callback_thread: OnceLock<ThreadId>,
+    /// A name lookup is under way (at most one: see `link::resolve`).
+    lookup_running: Arc<AtomicBool>,
 }
 
 /// The connection and the calls waiting on it, under one lock so that a call either
@@ -192,6 +194,7 @@ impl Client {
             io_thread: Mutex::new(None),
             io_done,
             callback_thread: OnceLock::new(),
+            lookup_running: Arc::new(AtomicBool::new(false)),
         });
         let callbacks = Arc::downgrade(&inner);
         let spawned = thread::Builder::new()
