@@ -220,8 +220,8 @@ impl Client {
     }
 
     /// Connect now if not connected; returns once connected (and, after a reconnect,
-    /// restored) or once the attempt failed. Called from a callback, it only starts the
-    /// attempt: the connection is restored on the callback thread, after the callback.
+    /// restored) or once the attempt failed (or the client was closed meanwhile).
+    /// Called from a callback, it only starts the attempt and returns at once.
     pub fn open(&self) -> Result<(), Error> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         {
