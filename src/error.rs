@@ -2,6 +2,7 @@
 //! [`Error`] is what the library's own calls return.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,15 +13,17 @@ use serde_json::Value;
 /// unchanged inside [`Error::Rpc`].
 ///
 /// Any `std::error::Error` converts into it with `?`: the error becomes code
-/// `-32000`, its type name the message and its text the data, as rpc-websockets does
-/// for a thrown `Error`.
+/// `-32000`, message `"Error"` and its text the data, as rpc-websockets sends a thrown
+/// `Error` (the same as [`RpcError::server`]). No Rust type name goes on the wire.
 ///
 /// ```
 /// use wsrpc::RpcError;
 /// let e = RpcError::new(-32050, "Server error").with_data("details");
 /// assert_eq!(e.code, -32050);
 /// let parsed: Result<i32, RpcError> = "x".parse::<i32>().map_err(RpcError::from);
-/// assert_eq!(parsed.unwrap_err().message, "ParseIntError");
+/// let e = parsed.unwrap_err();
+/// assert_eq!((e.code, e.message.as_str()), (-32000, "Error"));
+/// assert_eq!(e.data, Some("invalid digit found in string".into()));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RpcError {
@@ -93,9 +96,7 @@ impl fmt::Display for RpcError {
 
 impl<E: std::error::Error> From<E> for RpcError {
     fn from(err: E) -> Self {
-        let full = std::any::type_name::<E>();
-        let kind = full.rsplit("::").next().unwrap_or(full);
-        RpcError::new(codes::SERVER_ERROR, kind).with_data(err.to_string())
+        RpcError::server(err.to_string())
     }
 }
 
@@ -123,7 +124,94 @@ pub mod codes {
     pub const SERVER_ERROR: i64 = -32000;
 }
 
+/// The text of a codec or protocol error, and the error underneath it if there was one
+/// (a `serde_json`, `rmp-serde` or `tungstenite` error), which
+/// [`source`](std::error::Error::source) returns.
+///
+/// ```
+/// use std::error::Error as _;
+/// let e = wsrpc::Client::connect("ws://127.0.0.1:1/").unwrap_err();
+/// // A refused TCP connection: an I/O error, kept as the source.
+/// assert!(e.source().is_some());
+/// ```
+#[derive(Clone)]
+pub struct ErrorDetail {
+    text: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ErrorDetail {
+    /// A description with nothing underneath it.
+    pub(crate) fn text(text: impl Into<String>) -> Self {
+        ErrorDetail {
+            text: text.into(),
+            source: None,
+        }
+    }
+
+    /// `source`'s text, with `source` kept underneath.
+    pub(crate) fn of(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ErrorDetail {
+            text: source.to_string(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// `context`, then `source`'s text, with `source` kept underneath.
+    pub(crate) fn with(
+        context: impl fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ErrorDetail {
+            text: format!("{context}: {source}"),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The description.
+    pub fn message(&self) -> &str {
+        &self.text
+    }
+}
+
+impl From<String> for ErrorDetail {
+    fn from(text: String) -> Self {
+        ErrorDetail::text(text)
+    }
+}
+
+impl From<&str> for ErrorDetail {
+    fn from(text: &str) -> Self {
+        ErrorDetail::text(text)
+    }
+}
+
+impl fmt::Display for ErrorDetail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for ErrorDetail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{:?} (source: {source:?})", self.text),
+            None => write!(f, "{:?}", self.text),
+        }
+    }
+}
+
+impl PartialEq<str> for ErrorDetail {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
 /// What went wrong in a call to this library.
+///
+/// [`source`](std::error::Error::source) gives the underlying I/O, codec or WebSocket
+/// error where there is one; [`http_status`](Error::http_status) the HTTP status of a
+/// refused handshake.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -150,14 +238,57 @@ pub enum Error {
     /// The address or URL could not be used.
     InvalidUrl(String),
     /// Params or a result could not be encoded or decoded.
-    Codec(String),
+    Codec(ErrorDetail),
     /// The WebSocket handshake or protocol failed.
-    Protocol(String),
+    Protocol(ErrorDetail),
     /// A socket error.
     Io(std::io::Error),
+    /// The server answered the WebSocket handshake with an HTTP error instead of
+    /// upgrading: 403 (origin or access refused), 404 (no such namespace), 429 (too many
+    /// connections from this address), 503 (full or shutting down), ...
+    #[non_exhaustive]
+    Refused {
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The client's callback queue was full: `dropped` events (counted since the last
+    /// such report) were thrown away instead of waiting for the callback thread. Given
+    /// to `on_error` once the callback thread has caught up.
+    #[non_exhaustive]
+    EventsDropped {
+        /// How many events were dropped.
+        dropped: u64,
+    },
 }
 
 impl Error {
+    /// The HTTP status of a refused handshake ([`Error::Refused`]); `None` for every
+    /// other error.
+    ///
+    /// ```no_run
+    /// match wsrpc::Client::connect("ws://127.0.0.1:8080/nowhere") {
+    ///     Err(e) if e.http_status() == Some(404) => eprintln!("no such namespace"),
+    ///     Err(e) => eprintln!("{e}"),
+    ///     Ok(_) => {}
+    /// }
+    /// ```
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Error::Refused { status } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A codec error keeping `source`.
+    pub(crate) fn codec(source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Codec(ErrorDetail::of(source))
+    }
+
+    /// A protocol error keeping `source`.
+    pub(crate) fn protocol(source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Protocol(ErrorDetail::of(source))
+    }
+
     /// An equal error for a second receiver (`io::Error` cannot be cloned: its kind and
     /// text are kept).
     pub(crate) fn duplicate(&self) -> Error {
@@ -176,6 +307,8 @@ impl Error {
             Error::Codec(s) => Error::Codec(s.clone()),
             Error::Protocol(s) => Error::Protocol(s.clone()),
             Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Error::Refused { status } => Error::Refused { status: *status },
+            Error::EventsDropped { dropped } => Error::EventsDropped { dropped: *dropped },
         }
     }
 }
@@ -196,6 +329,12 @@ impl fmt::Display for Error {
             Error::Codec(s) => write!(f, "encoding error: {s}"),
             Error::Protocol(s) => write!(f, "websocket error: {s}"),
             Error::Io(e) => write!(f, "i/o error: {e}"),
+            Error::Refused { status } => {
+                write!(f, "the server refused the handshake with HTTP {status}")
+            }
+            Error::EventsDropped { dropped } => {
+                write!(f, "{dropped} events dropped: the callback queue was full")
+            }
         }
     }
 }
@@ -204,6 +343,10 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io(e) => Some(e),
+            Error::Codec(d) | Error::Protocol(d) => d
+                .source
+                .as_deref()
+                .map(|s| s as &(dyn std::error::Error + 'static)),
             _ => None,
         }
     }
@@ -223,7 +366,10 @@ impl From<tungstenite::Error> for Error {
                 Error::ConnectionLost
             }
             tungstenite::Error::Url(u) => Error::InvalidUrl(u.to_string()),
-            other => Error::Protocol(other.to_string()),
+            tungstenite::Error::Http(response) => Error::Refused {
+                status: response.status().as_u16(),
+            },
+            other => Error::Protocol(ErrorDetail::of(other)),
         }
     }
 }
@@ -233,10 +379,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn std_errors_become_server_errors_named_by_kind() {
+    fn std_errors_become_server_errors_without_a_type_name() {
         let e: RpcError = "abc".parse::<u8>().unwrap_err().into();
         assert_eq!(e.code, -32000);
-        assert_eq!(e.message, "ParseIntError");
+        assert_eq!(e.message, "Error");
+        assert_eq!(e, RpcError::server("invalid digit found in string"));
         assert_eq!(e.data, Some(Value::from("invalid digit found in string")));
     }
 
@@ -245,6 +392,41 @@ mod tests {
         let e = RpcError::server("no such user");
         assert_eq!((e.code, e.message.as_str()), (-32000, "Error"));
         assert_eq!(e.data, Some(Value::from("no such user")));
+    }
+
+    #[test]
+    fn codec_and_protocol_errors_keep_their_source() {
+        use std::error::Error as _;
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let e = Error::codec(json);
+        let source = e.source().expect("the serde_json error is kept");
+        assert!(source.downcast_ref::<serde_json::Error>().is_some());
+        assert!(e.duplicate().source().is_some());
+        let ws = Error::from(tungstenite::Error::Utf8("bad".into()));
+        let source = ws.source().expect("the tungstenite error is kept");
+        assert!(source.downcast_ref::<tungstenite::Error>().is_some());
+        let io = Error::from(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()));
+        assert!(
+            io.source()
+                .unwrap()
+                .downcast_ref::<std::io::Error>()
+                .is_some()
+        );
+        assert!(Error::Protocol("text only".into()).source().is_none());
+    }
+
+    #[test]
+    fn a_refused_handshake_keeps_its_http_status() {
+        for status in [403u16, 404, 429, 503] {
+            let response = tungstenite::http::Response::builder()
+                .status(status)
+                .body(None)
+                .unwrap();
+            let e = Error::from(tungstenite::Error::Http(Box::new(response)));
+            assert_eq!(e.http_status(), Some(status), "{e:?}");
+            assert!(e.to_string().contains(&status.to_string()), "{e}");
+        }
+        assert_eq!(Error::Timeout.http_status(), None);
     }
 
     #[test]

@@ -60,7 +60,7 @@ mod tls;
 mod transport;
 
 pub use client::{Client, ClientBuilder, CloseInfo, CloseKind};
-pub use error::{Error, RpcError, codes};
+pub use error::{Error, ErrorDetail, RpcError, codes};
 pub use server::{
     ConnectionInfo, Context, DisconnectInfo, EventHandle, MethodHandle, Namespace, Server,
     ServerBuilder, ServerConfig, Stats,

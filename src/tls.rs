@@ -47,7 +47,7 @@ impl TlsSocket {
     }
 
     pub(crate) fn server(tcp: TcpStream, config: Arc<ServerConfig>) -> Result<Self, Error> {
-        let conn = ServerConnection::new(config).map_err(|e| Error::Protocol(e.to_string()))?;
+        let conn = ServerConnection::new(config).map_err(Error::protocol)?;
         Ok(TlsSocket::new(tcp, conn.into()))
     }
 
@@ -58,8 +58,7 @@ impl TlsSocket {
     ) -> Result<Self, Error> {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| Error::InvalidUrl(format!("{host}: {e}")))?;
-        let conn =
-            ClientConnection::new(config, name).map_err(|e| Error::Protocol(e.to_string()))?;
+        let conn = ClientConnection::new(config, name).map_err(Error::protocol)?;
         Ok(TlsSocket::new(tcp, conn.into()))
     }
 
@@ -178,7 +177,7 @@ pub(crate) fn default_client_config() -> Result<Arc<ClientConfig>, Error> {
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Protocol(e.to_string()))?
+            .map_err(Error::protocol)?
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(Arc::new(config))

@@ -676,7 +676,7 @@ fn connect_to_a_closed_port_fails_quickly() {
         .timeout(DEADLINE)
         .connect();
     let took = started.elapsed();
-    let error = outcome.err().expect("nothing listens there");
+    let error = outcome.expect_err("nothing listens there");
     assert!(took < Duration::from_secs(2), "took {took:?}");
     // The error of the attempt, as it was: a refused TCP connection.
     assert!(

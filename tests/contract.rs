@@ -480,7 +480,7 @@ fn structured_handler_error_is_passed_through() {
 }
 
 #[test]
-fn plain_handler_error_is_server_error_named_by_its_kind() {
+fn plain_handler_error_is_a_server_error_without_a_type_name() {
     let server = server();
     server.register(
         "parse_int",
@@ -491,7 +491,7 @@ fn plain_handler_error_is_server_error_named_by_its_kind() {
     assert_reply(
         &mut raw,
         r#"{"jsonrpc":"2.0","method":"parse_int","params":["x"],"id":1}"#,
-        r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"ParseIntError","data":"invalid digit found in string"},"id":1}"#,
+        r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"Error","data":"invalid digit found in string"},"id":1}"#,
     );
     finish(server, vec![raw]);
 }

@@ -2,6 +2,7 @@
 //! reconnect and heartbeat options, and the callbacks; and [`CloseInfo`], what a close
 //! callback learns.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -73,7 +74,12 @@ pub(super) struct Options {
     pub codec: Codec,
     pub heartbeat: Heartbeat,
     pub wait_while_reconnecting: bool,
+    /// Events that may wait for the callback thread; more are dropped.
+    pub callback_queue: usize,
 }
+
+/// The callback queue's default capacity, in events.
+const CALLBACK_QUEUE: usize = 1024;
 
 /// Options of a [`Client`]: those of rpc-websockets, plus backoff, heartbeats and codec.
 ///
@@ -99,6 +105,30 @@ pub struct ClientBuilder {
     hooks: Hooks,
 }
 
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header names only (their values may be credentials); the URL without query.
+        let url = self.url.split(['?', '#']).next().unwrap_or("");
+        let headers: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ClientBuilder")
+            .field("url", &url)
+            .field("autoconnect", &self.autoconnect)
+            .field("reconnect", &self.reconnect)
+            .field("policy", &self.options.policy)
+            .field("timeout", &self.options.timeout)
+            .field("codec", &self.options.codec)
+            .field("heartbeat", &self.options.heartbeat)
+            .field(
+                "wait_while_reconnecting",
+                &self.options.wait_while_reconnecting,
+            )
+            .field("callback_queue", &self.options.callback_queue)
+            .field("headers", &headers)
+            .field("socket_id", &self.socket_id.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientBuilder {
     pub(super) fn new(url: &str) -> Self {
         ClientBuilder {
@@ -116,6 +146,7 @@ impl ClientBuilder {
                     peer_timeout: Some(Duration::from_secs(40)),
                 },
                 wait_while_reconnecting: false,
+                callback_queue: CALLBACK_QUEUE,
             },
             headers: Vec::new(),
             socket_id: None,
@@ -190,8 +221,8 @@ impl ClientBuilder {
     /// Calls made while the client is reconnecting wait for the connection (up to
     /// their timeout) and are sent once login and subscriptions are restored. Default
     /// `false`: they fail at once with [`Error::NotConnected`]. A call made this way
-    /// from inside a callback holds up the callback thread, and with it the reconnect,
-    /// until its timeout: make such calls from other threads.
+    /// from inside a callback holds up the callback thread (and every event behind
+    /// it) until the connection is back or its timeout passes.
     pub fn wait_while_reconnecting(mut self, yes: bool) -> Self {
         self.options.wait_while_reconnecting = yes;
         self
@@ -212,9 +243,26 @@ impl ClientBuilder {
     }
 
     /// How long a call waits for its reply unless it says otherwise (default 30 s).
-    /// Also bounds connecting and each blocked send.
+    /// Also bounds connecting (name lookup, TCP connect and handshake together) and a
+    /// send blocked on a server that stopped reading: such a send fails with
+    /// [`Error::Timeout`] and the connection is cut (and retried). `Duration::MAX`
+    /// means no limit.
+    ///
+    /// A name lookup or TCP connect cannot be interrupted: [`Client::close`] does not
+    /// wait for one, and the thread making it ends by itself once it returns.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = timeout;
+        self
+    }
+
+    /// How many events may wait for the callback thread (default 1024). When a slow
+    /// callback lets the queue fill, further events are dropped (the newest, as they
+    /// arrive) rather than held in memory or left to block the connection: each is
+    /// counted in [`Client::dropped_events`], and once the callback thread catches up,
+    /// `on_error` gets [`Error::EventsDropped`] with the count (and a warning is
+    /// logged). Opens, closes and failed attempts are never dropped. At least 1.
+    pub fn callback_queue(mut self, events: usize) -> Self {
+        self.options.callback_queue = events.max(1);
         self
     }
 
@@ -225,6 +273,9 @@ impl ClientBuilder {
     }
 
     /// Ask the server to use this socket id (sent as `?socket_id=`).
+    /// The session token of a server with `session_ttl` is offered back in the
+    /// `X-Wsrpc-Resume` request header, never in the URL (where it would end up in
+    /// access logs).
     pub fn socket_id(mut self, id: &str) -> Self {
         self.socket_id = Some(id.to_owned());
         self
@@ -254,7 +305,11 @@ impl ClientBuilder {
     }
 
     /// Called on the callback thread once for each close of a connection and each
-    /// failed attempt to make one, with why and what happens next.
+    /// failed attempt to make one, with why and what happens next. The client waits
+    /// for it to return before it retries (so that
+    /// [`stop_reconnecting`](CloseInfo::stop_reconnecting) takes effect), and it runs
+    /// after the event callbacks queued before it: a slow event callback delays
+    /// retries only when an `on_close` is set.
     pub fn on_close(mut self, f: impl Fn(&CloseInfo) + Send + Sync + 'static) -> Self {
         self.hooks.close = Some(Arc::new(f));
         self

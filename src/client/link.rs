@@ -1,9 +1,10 @@
 //! The client's I/O thread: connects, reads replies and events, and reconnects after a
 //! drop on the fixed interval of its [`ReconnectPolicy`](super::reconnect::ReconnectPolicy).
 
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -15,8 +16,8 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use super::reconnect::random_unit;
-use super::{CloseInfo, CloseKind, Inner, Job};
-use crate::error::Error;
+use super::{CloseInfo, CloseKind, Inner, Job, deadline_after, restore_then_open};
+use crate::error::{Error, ErrorDetail};
 use crate::lock;
 use crate::protocol::{Codec, Id, ServerMessage};
 use crate::transport::{ConnStream, Idle, Sink, Socket, close_info, is_timeout};
@@ -47,6 +48,11 @@ impl Target {
             url,
             headers: headers.to_vec(),
         }
+    }
+
+    /// The URL without its query (which may carry a token), for `Debug`.
+    pub(super) fn display_url(&self) -> &str {
+        self.url.split(['?', '#']).next().unwrap_or("")
     }
 
     fn request(&self) -> Result<Request, Error> {
@@ -122,10 +128,22 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>, bool), Error> {
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    // One deadline for the lookup, every address tried and the handshake.
+    let deadline = deadline_after(inner.options.timeout);
     let mut last_error = Error::InvalidUrl(format!("{host}: no address"));
     let mut stream = None;
-    for addr in (host.as_str(), port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, inner.options.timeout) {
+    for addr in resolve(&host, port, deadline, &inner.lookup_running)? {
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let attempt = match deadline {
+            None => TcpStream::connect(addr),
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => TcpStream::connect_timeout(&addr, left),
+                _ => Err(std::io::ErrorKind::TimedOut.into()),
+            },
+        };
+        match attempt {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -135,8 +153,11 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>, bool), Error> {
     }
     let stream = stream.ok_or(last_error)?;
     stream.set_nodelay(true)?;
-    // A send blocked on a server that does not read fails instead of hanging.
-    stream.set_write_timeout(Some(inner.options.timeout))?;
+    // A send blocked on a server that does not read fails instead of hanging: the
+    // socket option stays with the socket, so a clone of the handle sets it later.
+    let write_timeout = send_bound(inner);
+    stream.set_write_timeout(Some(write_timeout))?;
+    let tcp = stream.try_clone()?;
     let config = WebSocketConfig::default().read_buffer_size(16 << 10);
     let socket = if secure {
         secure_socket(inner, stream, &host)?
@@ -152,7 +173,7 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>, bool), Error> {
         }
         state.connecting = Some(sink.clone());
     }
-    let stream = ConnStream::handshaking(sink.clone(), Instant::now() + inner.options.timeout);
+    let stream = ConnStream::handshaking(sink.clone(), deadline.unwrap_or_else(far_future));
     let handshake = tungstenite::client::client_with_config(request, stream, Some(config));
     lock(&inner.state).connecting = None;
     let (mut reader, response) = handshake.map_err(|e| match e {
@@ -162,10 +183,83 @@ fn connect_once(inner: &Inner) -> Result<(Reader, Arc<Sink>, bool), Error> {
         }
     })?;
     reader.get_mut().opened(&inner.options.heartbeat)?;
+    // `opened` sets the peer timeout as the write timeout: a call's send must not wait
+    // longer than the call timeout either.
+    tcp.set_write_timeout(Some(write_timeout))?;
+    drop(tcp);
     let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
     inner.state().session_token = header(SESSION_HEADER).map(str::to_owned);
     let resumed = header(RESUMED_HEADER).is_some();
     Ok((reader, sink, resumed))
+}
+
+/// How long one write may wait for the server to read: the client's timeout, or the
+/// peer timeout if that is shorter (a socket timeout of zero would mean none).
+fn send_bound(inner: &Inner) -> Duration {
+    let timeout = match inner.options.heartbeat.peer_timeout {
+        Some(peer) => peer.min(inner.options.timeout),
+        None => inner.options.timeout,
+    };
+    timeout.max(Duration::from_millis(1))
+}
+
+/// An instant no handshake reaches, for a timeout too large to add to now.
+fn far_future() -> Instant {
+    let now = Instant::now();
+    [100 * 365, 365, 1]
+        .into_iter()
+        .find_map(|days| now.checked_add(Duration::from_secs(days * 86_400)))
+        .unwrap_or(now)
+}
+
+/// The addresses of `host`. A name lookup cannot be interrupted and may hang: it runs
+/// on a thread of its own, given up at `deadline` (and left to end by itself). One
+/// lookup at a time per client (`running`): while a given-up one still hangs, attempts
+/// fail at once rather than start more threads.
+fn resolve(
+    host: &str,
+    port: u16,
+    deadline: Option<Instant>,
+    running: &Arc<AtomicBool>,
+) -> Result<Vec<SocketAddr>, Error> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    if running.swap(true, Ordering::SeqCst) {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("an earlier lookup of {host} has not finished"),
+        )));
+    }
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let name = host.to_owned();
+    let done = running.clone();
+    let spawned = thread::Builder::new()
+        .name("wsrpc-client-dns".into())
+        .spawn(move || {
+            let found = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|addrs| addrs.collect::<Vec<_>>());
+            done.store(false, Ordering::SeqCst);
+            let _ = tx.send(found);
+        });
+    if let Err(e) = spawned {
+        running.store(false, Ordering::SeqCst);
+        return Err(Error::Io(e));
+    }
+    let found = match deadline {
+        Some(deadline) => rx.recv_deadline(deadline).map_err(|e| match e {
+            RecvTimeoutError::Timeout => Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("looking up {host} timed out"),
+            )),
+            RecvTimeoutError::Disconnected => Error::Protocol("the lookup failed".into()),
+        })?,
+        None => rx
+            .recv()
+            .map_err(|_| Error::Protocol("the lookup failed".into()))?,
+    };
+    Ok(found?)
 }
 
 #[cfg(feature = "tls")]
@@ -262,7 +356,7 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
                     let _ = waiter.send(Err(e.duplicate()));
                 }
                 let reason = e.to_string();
-                let _ = inner.jobs.send(Job::Error(e));
+                inner.queue_report(e);
                 let made = retry;
                 let may_retry = ever_connected || policy.retry_if_unreachable;
                 let delay = may_retry
@@ -274,7 +368,8 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
         };
         let delay = delay.filter(|_| !inner.closed.load(Ordering::SeqCst));
         last_close = Some(report_close(&inner, kind, code, reason, retries, delay));
-        next_attempt = delay.map(|d| Instant::now() + d);
+        // A delay too long to add to now is never over: no retry.
+        next_attempt = delay.and_then(deadline_after);
         inner.set_reconnecting(next_attempt.is_some());
         if inner.closed.load(Ordering::SeqCst) {
             break;
@@ -295,7 +390,7 @@ pub(super) fn run(inner: Arc<Inner>, control: Receiver<Control>, autoconnect: bo
 /// Make a new connection current; `None` if the client was closed meanwhile. It is
 /// ready at once unless login or subscriptions need restoring first (a resumed
 /// session has them already).
-fn install(inner: &Inner, sink: &Arc<Sink>, resumed: bool) -> Option<u64> {
+fn install(inner: &Arc<Inner>, sink: &Arc<Sink>, resumed: bool) -> Option<u64> {
     let restore = !resumed && inner.needs_restore();
     let generation = {
         let mut state = inner.state();
@@ -309,13 +404,17 @@ fn install(inner: &Inner, sink: &Arc<Sink>, resumed: bool) -> Option<u64> {
         state.sink = Some(sink.clone());
         state.generation
     };
-    if !restore {
+    if restore {
+        restore_then_open(inner, generation);
+    } else {
         inner.mark_ready(generation);
+        if inner.hooks.open.is_some() {
+            inner.queue_lifecycle(Job::Opened {
+                generation,
+                restore: false,
+            });
+        }
     }
-    let _ = inner.jobs.send(Job::Opened {
-        generation,
-        restore,
-    });
     Some(generation)
 }
 
@@ -340,7 +439,11 @@ fn report_close(
         stop: stop.clone(),
     };
     log::debug!("connection closed: {info:?}");
-    let _ = inner.jobs.send(Job::Closed(info, done_tx));
+    // Without an on_close there is nothing to wait for (and a retry must not wait
+    // behind event callbacks queued before it).
+    if inner.hooks.close.is_some() {
+        inner.queue_lifecycle(Job::Closed(info, done_tx));
+    }
     (done_rx, stop)
 }
 
@@ -397,9 +500,9 @@ fn deliver(inner: &Inner, codec: Codec, frame: &[u8]) {
     let messages = match codec.decode_server_message(frame) {
         Ok(messages) => messages,
         Err(e) => {
-            let _ = inner.jobs.send(Job::Error(Error::Codec(format!(
+            inner.queue_event(Job::Error(Error::Codec(ErrorDetail::text(format!(
                 "unreadable frame from the server: {e}"
-            ))));
+            )))));
             return;
         }
     };
@@ -417,7 +520,7 @@ fn deliver(inner: &Inner, codec: Codec, frame: &[u8]) {
             ServerMessage::Event { name, params } => {
                 let callbacks = lock(&inner.subscriptions).get(&name).cloned();
                 if let Some(callbacks) = callbacks {
-                    let _ = inner.jobs.send(Job::Event(callbacks, params));
+                    inner.queue_event(Job::Event(callbacks, params));
                 }
             }
         }

@@ -1,25 +1,28 @@
 //! The blocking client: calls wait for their reply on the caller's thread; one I/O
 //! thread per client reads replies and events and reconnects; one callback thread runs
-//! the user's callbacks, so a callback may itself make calls.
+//! the user's callbacks, so a callback may itself make calls. After a reconnect, login
+//! and subscriptions are restored on a short-lived thread of their own, so a slow
+//! callback cannot hold the restore up.
 
 mod builder;
 mod link;
 mod reconnect;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use builder::{ClientBuilder, CloseInfo, CloseKind};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorDetail};
 use crate::lock;
 use crate::transport::{Sink, message};
 use builder::{Hooks, Options};
@@ -48,6 +51,32 @@ pub struct Client {
     _owner: Arc<Owner>,
 }
 
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The address without its query (it may carry a token); no header values.
+        f.debug_struct("Client")
+            .field("url", &self.inner.target.display_url())
+            .field("connected", &self.is_connected())
+            .field("closed", &self.inner.closed.load(Ordering::SeqCst))
+            .field("dropped_events", &self.dropped_events())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Jobs other than events and frame errors that may wait in the callback queue beyond
+/// its capacity: opens and closes, a handful at a time (the I/O thread waits for each
+/// `on_close` before it retries).
+const LIFECYCLE_SLACK: usize = 16;
+
+/// How long `close` waits for the I/O thread to end before leaving it to end on its
+/// own (it may be in a connect or a DNS lookup that cannot be interrupted).
+const IO_THREAD_WAIT: Duration = Duration::from_secs(1);
+
+/// `after` from now, or `None` (never) when that is past what an `Instant` can hold.
+fn deadline_after(after: Duration) -> Option<Instant> {
+    Instant::now().checked_add(after)
+}
+
 /// Held only by user handles: when the last one goes, the client closes.
 struct Owner(Arc<Inner>);
 
@@ -72,12 +101,19 @@ struct Inner {
     login: Mutex<Option<Value>>,
     closed: AtomicBool,
     control: Sender<Control>,
+    /// Bounded: `options.callback_queue` events, plus [`LIFECYCLE_SLACK`].
     jobs: Sender<Job>,
+    /// Events thrown away because the callback queue was full, in all.
+    dropped_events: AtomicU64,
+    /// Of those, how many `on_error` has not been told about yet.
+    unreported_drops: AtomicU64,
     io_thread: Mutex<Option<JoinHandle<()>>>,
     /// Disconnected when the I/O thread ends.
     io_done: Receiver<()>,
-    /// The thread that runs callbacks (and restores connections).
+    /// The thread that runs callbacks.
     callback_thread: OnceLock<ThreadId>,
+    /// A name lookup is under way (at most one: see `link::resolve`).
+    lookup_running: Arc<AtomicBool>,
 }
 
 /// The connection and the calls waiting on it, under one lock so that a call either
@@ -137,7 +173,8 @@ impl Client {
 
     fn start(target: link::Target, options: Options, hooks: Hooks, autoconnect: bool) -> Client {
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
-        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let (jobs_tx, jobs_rx) =
+            crossbeam_channel::bounded(options.callback_queue + LIFECYCLE_SLACK);
         let (io_alive, io_done) = crossbeam_channel::bounded::<()>(0);
         let inner = Arc::new(Inner {
             target,
@@ -152,9 +189,12 @@ impl Client {
             closed: AtomicBool::new(false),
             control: control_tx,
             jobs: jobs_tx,
+            dropped_events: AtomicU64::new(0),
+            unreported_drops: AtomicU64::new(0),
             io_thread: Mutex::new(None),
             io_done,
             callback_thread: OnceLock::new(),
+            lookup_running: Arc::new(AtomicBool::new(false)),
         });
         let callbacks = Arc::downgrade(&inner);
         let spawned = thread::Builder::new()
@@ -180,8 +220,8 @@ impl Client {
     }
 
     /// Connect now if not connected; returns once connected (and, after a reconnect,
-    /// restored) or once the attempt failed. Called from a callback, it only starts the
-    /// attempt: the connection is restored on the callback thread, after the callback.
+    /// restored) or once the attempt failed (or the client was closed meanwhile).
+    /// Called from a callback, it only starts the attempt and returns at once.
     pub fn open(&self) -> Result<(), Error> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         {
@@ -210,6 +250,12 @@ impl Client {
         lock(&self.inner.state).ready
     }
 
+    /// Events thrown away so far because the callback queue was full (see
+    /// [`ClientBuilder::callback_queue`]).
+    pub fn dropped_events(&self) -> u64 {
+        self.inner.dropped_events.load(Ordering::Relaxed)
+    }
+
     /// Call `method` and wait for its result (up to the client's timeout). `params` is
     /// anything serde serializes to an array or object; `()` sends no params.
     pub fn call(&self, method: &str, params: impl Serialize) -> Result<Value, Error> {
@@ -223,10 +269,13 @@ impl Client {
         params: impl Serialize,
     ) -> Result<T, Error> {
         let value = self.call(method, params)?;
-        serde_json::from_value(value).map_err(|e| Error::Codec(e.to_string()))
+        serde_json::from_value(value).map_err(Error::codec)
     }
 
-    /// [`call`](Self::call) with its own timeout.
+    /// [`call`](Self::call) with its own timeout (`Duration::MAX`: wait for ever).
+    ///
+    /// A send blocked on a server that stopped reading is cut off after the client's
+    /// [`timeout`](ClientBuilder::timeout) (not this one): the connection is then lost.
     pub fn call_timeout(
         &self,
         method: &str,
@@ -240,7 +289,7 @@ impl Client {
     /// Send a notification: the server runs `method` and answers nothing.
     pub fn notify(&self, method: &str, params: impl Serialize) -> Result<(), Error> {
         let params = to_params(params)?;
-        let deadline = Instant::now() + self.inner.options.timeout;
+        let deadline = deadline_after(self.inner.options.timeout);
         let sink = self.inner.sink_for(Caller::User, deadline)?;
         self.inner.send_on(&sink, None, method, &params)
     }
@@ -322,7 +371,7 @@ impl Client {
 }
 
 fn to_params(params: impl Serialize) -> Result<Value, Error> {
-    serde_json::to_value(params).map_err(|e| Error::Codec(e.to_string()))
+    serde_json::to_value(params).map_err(Error::codec)
 }
 
 impl Inner {
@@ -331,8 +380,8 @@ impl Inner {
     }
 
     /// The connection a call may use. A user call needs it restored; when the user
-    /// opted in, it waits for a reconnect until `deadline`.
-    fn sink_for(&self, caller: Caller, deadline: Instant) -> Result<Arc<Sink>, Error> {
+    /// opted in, it waits for a reconnect until `deadline` (`None`: for ever).
+    fn sink_for(&self, caller: Caller, deadline: Option<Instant>) -> Result<Arc<Sink>, Error> {
         let mut state = self.state();
         loop {
             if self.closed.load(Ordering::SeqCst) {
@@ -351,6 +400,13 @@ impl Inner {
             {
                 return Err(Error::NotConnected);
             }
+            let Some(deadline) = deadline else {
+                state = self
+                    .state_changed
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::Timeout);
@@ -372,9 +428,33 @@ impl Inner {
         params: &Value,
     ) -> Result<(), Error> {
         let codec = self.options.codec;
-        let frame = message(codec, codec.encode_call(id, method, params))
-            .map_err(|e| Error::Codec(e.to_string()))?;
-        sink.send(frame).map_err(Error::from)
+        let frame = message(codec, codec.encode_call(id, method, params)).map_err(Error::codec)?;
+        sink.send(frame).map_err(|e| match e {
+            // The socket's write timeout (the client's `timeout`) passed: the server
+            // stopped reading, and the sink has cut the connection.
+            tungstenite::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Error::Timeout
+            }
+            // The connection was cut under us (a stalled send, a drop the I/O thread
+            // has not seen yet).
+            tungstenite::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::NotConnected
+                ) =>
+            {
+                Error::ConnectionLost
+            }
+            other => Error::from(other),
+        })
     }
 
     fn call(
@@ -384,7 +464,7 @@ impl Inner {
         timeout: Duration,
         caller: Caller,
     ) -> Result<Value, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(1);
         let sink = self.sink_for(caller, deadline)?;
@@ -401,7 +481,11 @@ impl Inner {
             self.state().pending.remove(&id);
             return Err(e);
         }
-        match rx.recv_deadline(deadline) {
+        let reply = match deadline {
+            Some(deadline) => rx.recv_deadline(deadline),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match reply {
             Ok(outcome) => outcome,
             Err(RecvTimeoutError::Timeout) => {
                 self.state().pending.remove(&id);
@@ -441,13 +525,19 @@ impl Inner {
         if let Some(params) = login
             && let Err(e) = self.call("rpc.login", params, timeout, Caller::Restore)
         {
-            self.report(Error::Protocol(format!("logging in again failed: {e}")));
+            self.report(Error::Protocol(ErrorDetail::with(
+                "logging in again failed",
+                e,
+            )));
         }
         let events: Vec<String> = lock(&self.subscriptions).keys().cloned().collect();
         if !events.is_empty()
             && let Err(e) = self.server_subscribe(&events, Caller::Restore)
         {
-            self.report(Error::Protocol(format!("subscribing again failed: {e}")));
+            self.report(Error::Protocol(ErrorDetail::with(
+                "subscribing again failed",
+                e,
+            )));
         }
     }
 
@@ -472,6 +562,67 @@ impl Inner {
         self.state_changed.notify_all();
     }
 
+    /// Queue an event (or an error about a frame) for the callback thread; when the
+    /// queue holds `callback_queue` jobs already, it is dropped and counted instead:
+    /// the I/O thread never waits for a callback.
+    fn queue_event(&self, job: Job) {
+        let queued = self.jobs.len() < self.options.callback_queue
+            && match self.jobs.try_send(job) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => false,
+                Err(TrySendError::Disconnected(_)) => return,
+            };
+        if !queued {
+            self.dropped_events.fetch_add(1, Ordering::Relaxed);
+            self.unreported_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queue an open or a close (for `on_open` / `on_close`): these are never dropped
+    /// while the client is open. They take the slack above the events' capacity, and
+    /// there are few of them (the I/O thread waits for each `on_close` before it
+    /// retries); should a callback that never returns let even that fill, the caller
+    /// waits, looking every 50 ms whether the client was closed meanwhile.
+    fn queue_lifecycle(&self, mut job: Job) {
+        loop {
+            match self.jobs.send_timeout(job, Duration::from_millis(50)) {
+                Ok(()) | Err(SendTimeoutError::Disconnected(_)) => return,
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if self.closed.load(Ordering::SeqCst) {
+                        log::debug!("closed with the callback queue full: a job is dropped");
+                        return;
+                    }
+                    job = back;
+                }
+            }
+        }
+    }
+
+    /// Queue a failed attempt's error for `on_error`; dropped (and logged) when the
+    /// queue is full: `on_close` reports every failed attempt too.
+    fn queue_report(&self, error: Error) {
+        if self.hooks.error.is_none() {
+            log::warn!("{error}");
+            return;
+        }
+        // The slack above the events' capacity is kept for opens and closes.
+        if self.jobs.len() >= self.options.callback_queue {
+            log::warn!("{error} (not given to on_error: the callback queue is full)");
+            return;
+        }
+        if let Err(TrySendError::Full(Job::Error(error))) = self.jobs.try_send(Job::Error(error)) {
+            log::warn!("{error} (not given to on_error: the callback queue is full)");
+        }
+    }
+
+    /// Tell `on_error` about events dropped since it was last told.
+    fn report_drops(&self) {
+        let dropped = self.unreported_drops.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            self.report(Error::EventsDropped { dropped });
+        }
+    }
+
     fn report(&self, error: Error) {
         log::warn!("{error}");
         if let Some(hook) = &self.hooks.error {
@@ -480,14 +631,22 @@ impl Inner {
     }
 
     fn close(&self) {
-        let (sink, connecting) = {
+        let (sink, connecting, waiting) = {
             let mut state = self.state();
             if self.closed.swap(true, Ordering::SeqCst) {
                 return;
             }
-            (state.sink.clone(), state.connecting.take())
+            (
+                state.sink.clone(),
+                state.connecting.take(),
+                std::mem::take(&mut state.waiting),
+            )
         };
         self.state_changed.notify_all();
+        // Callers of `open` learn now, not when an attempt under way ends.
+        for waiter in waiting {
+            let _ = waiter.send(Err(Error::Closed));
+        }
         let _ = self.control.send(Control::Close);
         if let Some(connecting) = connecting {
             connecting.shutdown();
@@ -506,7 +665,15 @@ impl Inner {
             if let Some(sink) = &sink {
                 link::await_close(sink, &self.io_done);
             }
-            let _ = handle.join();
+            // A connect or DNS lookup cannot be interrupted: rather than wait for it,
+            // leave the thread to end on its own (it finds the client closed and
+            // stops). Everything else it does ends once the socket is shut.
+            match self.io_done.recv_timeout(IO_THREAD_WAIT) {
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = handle.join();
+                }
+                _ => log::debug!("the client's I/O thread is left to end on its own"),
+            }
         }
     }
 }
@@ -519,6 +686,7 @@ fn run_callbacks(inner: std::sync::Weak<Inner>, jobs: Receiver<Job>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        inner.report_drops();
         match job {
             Job::Event(callbacks, params) => {
                 for callback in callbacks {
@@ -545,6 +713,34 @@ fn run_callbacks(inner: std::sync::Weak<Inner>, jobs: Receiver<Job>) {
             }
             Job::Error(error) => inner.report(error),
         }
+        inner.report_drops();
+    }
+}
+
+/// After a reconnect: log in and subscribe again, mark the connection ready, then let
+/// `on_open` run. On a thread of its own, so that it does not wait behind callbacks
+/// queued before it (and a callback that waits for the connection cannot hold it up);
+/// on the callback thread only if no thread can be started.
+fn restore_then_open(inner: &Arc<Inner>, generation: u64) {
+    let restorer = inner.clone();
+    let spawned = thread::Builder::new()
+        .name("wsrpc-client-restore".into())
+        .spawn(move || {
+            restorer.restore();
+            restorer.mark_ready(generation);
+            if restorer.hooks.open.is_some() {
+                restorer.queue_lifecycle(Job::Opened {
+                    generation,
+                    restore: false,
+                });
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("could not start a thread to restore the connection: {e}");
+        inner.queue_lifecycle(Job::Opened {
+            generation,
+            restore: true,
+        });
     }
 }
 

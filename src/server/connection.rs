@@ -539,10 +539,9 @@ fn finish(
             conn.session.socket_id
         );
         let _ = conn.sink.close(*code, reason);
-        server.report(Error::Protocol(format!(
-            "client {}: {reason}",
-            conn.session.socket_id
-        )));
+        server.report(Error::Protocol(
+            format!("client {}: {reason}", conn.session.socket_id).into(),
+        ));
     }
     conn.finished.store(true, Ordering::SeqCst);
     conn.queued.fetch_add(1, Ordering::SeqCst);

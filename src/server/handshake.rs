@@ -119,7 +119,7 @@ pub(super) fn open(
             if !refused.get() {
                 Counters::count(&server.counters().handshakes_failed);
             }
-            let e = Error::Protocol(format!("handshake with {peer_addr:?} failed: {e}"));
+            let e = Error::Protocol(format!("handshake with {peer_addr:?} failed: {e}").into());
             log::debug!("{e}");
             server.hooks().error(&e);
             if let Some((token, Some(_))) = session {

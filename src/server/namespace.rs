@@ -172,7 +172,7 @@ impl Namespace {
     /// encoded once, whatever the number of subscribers; a subscriber whose outgoing
     /// queue is full is disconnected rather than allowed to hold up the others.
     pub fn emit(&self, name: &str, value: impl Serialize) -> Result<(), Error> {
-        let value = serde_json::to_value(value).map_err(|e| Error::Codec(e.to_string()))?;
+        let value = serde_json::to_value(value).map_err(Error::codec)?;
         if self.server.is_closing() {
             return Err(Error::Closed);
         }
