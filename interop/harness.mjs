@@ -114,6 +114,14 @@ export function fixtureServer() {
 
   const fixture = {
     url: (pathAndQuery = "/") => `ws://127.0.0.1:${port}${pathAndQuery}`,
+    /** Send the server `signal`; resolves with its exit `{code, signal}`. */
+    terminate: (signal) => {
+      const exited = new Promise((resolve) =>
+        server.once("exit", (code, sig) => resolve({ code, signal: sig })),
+      );
+      server.kill(signal);
+      return exited;
+    },
     track: (client) => {
       clients.push(client);
       return client;

@@ -47,6 +47,7 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![deny(missing_debug_implementations)]
 // docs.rs builds with `--cfg docsrs` on nightly: items of the `tls` feature are marked.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

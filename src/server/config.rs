@@ -266,6 +266,18 @@ pub struct ServerBuilder {
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("ServerBuilder");
+        debug
+            .field("config", &self.config)
+            .field("setup", &self.setup.is_some());
+        #[cfg(feature = "tls")]
+        debug.field("tls", &self.tls.is_some());
+        debug.finish_non_exhaustive()
+    }
+}
+
 impl ServerBuilder {
     /// Use these limits and thread settings.
     pub fn config(mut self, config: ServerConfig) -> Self {

@@ -54,6 +54,16 @@ pub struct Context<'a> {
     logged_in: bool,
 }
 
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("socket_id", &self.socket_id)
+            .field("namespace", &self.namespace)
+            .field("logged_in", &self.logged_in)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Context<'_> {
     /// The caller's socket id.
     pub fn socket_id(&self) -> &str {
@@ -124,6 +134,15 @@ struct Shared {
     handoffs: threads::Capped,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.shared.local_addr)
+            .field("closing", &self.is_closing())
+            .finish_non_exhaustive()
+    }
 }
 
 struct Running {

@@ -24,7 +24,7 @@ use crate::protocol::{Codec, Params, event_params};
 /// assert_eq!(chat.event_list(), ["message"]);
 /// server.close();
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Namespace {
     server: Server,
     path: Arc<str>,
@@ -240,6 +240,7 @@ impl Namespace {
 /// A registered method, to make it protected (login required) or public again later.
 /// To register a method protected from the start, use
 /// [`Namespace::register_protected`].
+#[derive(Debug)]
 pub struct MethodHandle {
     ns: Namespace,
     name: String,
@@ -276,6 +277,7 @@ impl MethodHandle {
 
 /// A declared event, to make it protected (login required to subscribe) or public
 /// later. To declare one protected from the start, use [`Namespace::event_protected`].
+#[derive(Debug)]
 pub struct EventHandle {
     ns: Namespace,
     name: String,
