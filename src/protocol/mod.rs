@@ -4,17 +4,22 @@
 //! [`Incoming`] calls; replies and events are encoded by the same [`Codec`]. Which
 //! reply a call gets is decided in `server::calls`; this module only knows shapes.
 
+mod budget;
 pub(crate) mod json;
 pub(crate) mod msgpack;
+mod msgpack_params;
 
 use std::borrow::Cow;
 
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::error::{RpcError, codes};
+use budget::{Budget, Counted};
 
 /// How the messages of a connection are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,7 +58,7 @@ pub(crate) enum Params<'a> {
     MsgPack { bytes: &'a [u8], raw: bool },
 }
 
-impl Params<'_> {
+impl<'a> Params<'a> {
     pub(crate) fn is_absent(&self) -> bool {
         matches!(self, Params::Absent)
     }
@@ -69,16 +74,44 @@ impl Params<'_> {
     /// Deserialize into the handler's type; absent params read as `null`, so `()`,
     /// `Option<T>` and `serde_json::Value` accept them.
     pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
+        self.parse_seed(PhantomData::<T>)
+    }
+
+    /// [`Params::parse`] with a seed. Self-describing values (`serde_json::Value` and
+    /// the like) are bounded by a [`budget::Budget`] proportional to the params' bytes.
+    pub(crate) fn parse_seed<S: DeserializeSeed<'a>>(&self, seed: S) -> Result<S::Value, RpcError> {
         let parsed = match *self {
-            Params::Absent => T::deserialize(Value::Null).map_err(|e| e.to_string()),
-            Params::Json(raw) => serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
-            Params::MsgPack { bytes, raw: true } => msgpack::from_slice(bytes),
-            Params::MsgPack { bytes, raw: false } => msgpack::to_json(bytes, true)
-                .map_err(|problem| format!("params hold {problem}, which JSON cannot carry"))
-                .and_then(|value| T::deserialize(value).map_err(|e| e.to_string())),
+            Params::Absent => seed.deserialize(Value::Null).map_err(|e| e.to_string()),
+            Params::Json(raw) => {
+                let budget = Budget::for_params(raw.get().len());
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                seed.deserialize(Counted::new(&mut de, &budget))
+                    .and_then(|value| de.end().map(|()| value))
+                    .map_err(|e| e.to_string())
+            }
+            Params::MsgPack { bytes, raw: true } => {
+                let budget = Budget::for_params(bytes.len());
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                de.set_max_depth(msgpack::MAX_DEPTH);
+                seed.deserialize(Counted::new(&mut de, &budget))
+                    .map_err(|e| e.to_string())
+            }
+            Params::MsgPack { bytes, raw: false } => msgpack_params::json_compatible(bytes)
+                .map_err(cannot_carry)
+                .and_then(|_| {
+                    let budget = Budget::for_params(bytes.len());
+                    let mut de = msgpack_params::Reader::new(bytes);
+                    seed.deserialize(Counted::new(&mut de, &budget))
+                        .map_err(|e| e.to_string())
+                }),
         };
         parsed.map_err(|msg| RpcError::standard(codes::INVALID_PARAMS).with_data(msg))
     }
+}
+
+/// The refusal of MessagePack params holding `problem`.
+fn cannot_carry(problem: &str) -> String {
+    format!("params hold {problem}, which JSON cannot carry")
 }
 
 /// One member of a request object as its codec holds it, not yet interpreted.
