@@ -14,8 +14,7 @@
 //! it does from JSON text), where a `Value` kept the last one, sorted.
 
 use serde::de::{
-    self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess,
-    Unexpected, VariantAccess, Visitor,
+    self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, Unexpected, VariantAccess, Visitor,
 };
 use serde_json::Error;
 
@@ -150,11 +149,53 @@ impl<'de> Reader<'de> {
         }
     }
 
+    /// The value at `pos` if `kind` accepts it, else the error `serde_json::Value` gives.
+    fn expect<V: Visitor<'de>>(&mut self, kind: Kind, visitor: V) -> Result<V::Value, Error> {
+        match self.peek()? {
+            (value, _) if kind.accepts(value) => de::Deserializer::deserialize_any(self, visitor),
+            (value, _) => Err(de::Error::invalid_type(self.unexpected(value), &visitor)),
+        }
+    }
+
     /// The end of the value at `pos` (checked, so only a bug makes it fail).
     fn skip(&mut self) -> Result<(), Error> {
         self.pos = super::msgpack::value_end(self.buf, self.pos).map_err(de::Error::custom)?;
         Ok(())
     }
+}
+
+/// What a `serde_json::Value` method accepts.
+#[derive(Clone, Copy)]
+enum Kind {
+    Bool,
+    Number,
+    Str,
+    StrOrArray,
+    Nil,
+    Array,
+    Map,
+    ArrayOrMap,
+}
+
+impl Kind {
+    fn accepts(self, value: Head) -> bool {
+        match (self, value) {
+            (Kind::Bool, Head::Bool(_)) | (Kind::Nil, Head::Nil) => true,
+            (Kind::Number, Head::Uint(_) | Head::Int(_) | Head::Float(_)) => true,
+            (Kind::Str | Kind::StrOrArray, Head::Str { .. }) => true,
+            (Kind::StrOrArray | Kind::Array | Kind::ArrayOrMap, Head::Array { .. }) => true,
+            (Kind::Map | Kind::ArrayOrMap, Head::Map { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+macro_rules! only {
+    ($($method:ident)*: $kind:ident) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            self.expect(Kind::$kind, visitor)
+        }
+    )*};
 }
 
 impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
@@ -247,9 +288,51 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
         visitor.visit_unit()
     }
 
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct identifier
+    // The rest accept what `serde_json::Value`'s methods accept, and refuse the rest
+    // with the same error, before the visitor sees it: an identifier is never a variant
+    // index, a string is never bytes.
+    only!(deserialize_bool: Bool);
+    only!(deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128: Number);
+    only!(deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128: Number);
+    only!(deserialize_f32 deserialize_f64: Number);
+    only!(deserialize_char deserialize_str deserialize_string deserialize_identifier: Str);
+    only!(deserialize_bytes deserialize_byte_buf: StrOrArray);
+    only!(deserialize_unit: Nil);
+    only!(deserialize_seq: Array);
+    only!(deserialize_map: Map);
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_unit(visitor)
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.expect(Kind::ArrayOrMap, visitor)
     }
 }
 
@@ -287,7 +370,10 @@ struct Entries<'r, 'de> {
 impl<'de> MapAccess<'de> for Entries<'_, 'de> {
     type Error = Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -459,6 +545,264 @@ impl<'de> VariantAccess<'de> for Variant<'_, 'de> {
                 self.reader.unexpected(other),
                 &"struct variant",
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::fmt::Debug;
+
+    use serde::Deserialize;
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+
+    use crate::protocol::{Params, msgpack};
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Point {
+        x: i32,
+        label: Option<String>,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    enum Shape {
+        Empty,
+        Circle(f64),
+        Line(i32, i32),
+        Rect { w: u8, h: u8 },
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Num(f64),
+        Text(String),
+        List(Vec<Loose>),
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(tag = "kind")]
+    enum Tagged {
+        A { n: i64 },
+        B,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Outer {
+        id: u32,
+        #[serde(flatten)]
+        rest: BTreeMap<String, Value>,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Meters(f64);
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Marker;
+
+    /// MessagePack params covering every kind of value, with the encodings other
+    /// MessagePack libraries choose (float32, int8 for a positive number, …).
+    fn inputs() -> Vec<Vec<u8>> {
+        let values = [
+            json!([]),
+            json!({}),
+            json!([1, 2]),
+            json!([1, 2, 3]),
+            json!([-1, 2.5, 0]),
+            json!([1, "a"]),
+            json!([null]),
+            json!([1, null]),
+            json!([true]),
+            json!(["x"]),
+            json!(["xy"]),
+            json!([[]]),
+            json!([[1, 2]]),
+            json!([{}]),
+            json!({"x": 1}),
+            json!({"x": 1, "label": "a"}),
+            json!({"x": 1, "label": null}),
+            json!({"x": "1"}),
+            json!({"x": 1, "other": [1, {"y": null}]}),
+            json!({"id": 7, "a": 1, "b": [true]}),
+            json!([1, "p"]),
+            json!({"1": "a", "22": "b"}),
+            json!({"-3": "a"}),
+            json!({"1.5": "a"}),
+            json!({"01": "a", "x": "b"}),
+            json!({"true": 1, "false": 2}),
+            json!({"kind": "A", "n": -4}),
+            json!({"kind": "B"}),
+            json!({"kind": "C"}),
+            json!(["Empty"]),
+            json!(["Circle"]),
+            json!([{"Empty": null}]),
+            json!([{"Empty": 1}]),
+            json!([{"Circle": 2}]),
+            json!([{"Circle": 2, "Empty": null}]),
+            json!([{"Line": [1, 2]}]),
+            json!([{"Line": []}]),
+            json!([{"Line": [1]}]),
+            json!([{"Line": 5}]),
+            json!([{"Rect": {"w": 1, "h": 2}}]),
+            json!([{"Rect": [1, 2]}]),
+            json!([{"Rect": 1}]),
+            json!({"Circle": 1.5}),
+            json!({"Rect": {"w": 300, "h": 2}}),
+            json!([1.5e300, -0.0]),
+            json!([u64::MAX, i64::MIN]),
+            json!([i64::MAX, u64::MAX]),
+            json!([1, [2, [3, ["deep"]]]]),
+            json!(["💖", "\u{0}"]),
+        ];
+        let mut out: Vec<Vec<u8>> = values
+            .iter()
+            .map(|v| rmp_serde::to_vec_named(v).unwrap())
+            .collect();
+        out.extend([
+            // [1.5 as float32, 5 as int8, 300 as int16, -1 as int64, 7 as uint64]
+            vec![
+                0x95, 0xca, 0x3f, 0xc0, 0, 0, 0xd0, 0x05, 0xd1, 0x01, 0x2c, 0xd3, 0xff, 0xff, 0xff,
+                0xff, 0xff, 0xff, 0xff, 0xff, 0xcf, 0, 0, 0, 0, 0, 0, 0, 7,
+            ],
+            // [0.1 as float32]: not exactly 0.1 either way
+            vec![0x91, 0xca, 0x3d, 0xcc, 0xcc, 0xcd],
+            // {"x": 1} with a str8 key, and an array16 of one item
+            vec![0x81, 0xd9, 0x01, b'x', 0x01],
+            vec![0xdc, 0x00, 0x01, 0x05],
+        ]);
+        out
+    }
+
+    /// The old path: the whole params as a `Value`, then the type from it.
+    fn via_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        msgpack::to_json(bytes, true)
+            .map_err(|problem| format!("params hold {problem}, which JSON cannot carry"))
+            .and_then(|value| T::deserialize(value).map_err(|e| e.to_string()))
+    }
+
+    fn direct<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        Params::MsgPack { bytes, raw: false }
+            .parse::<T>()
+            .map_err(|e| e.data.unwrap().as_str().unwrap().to_owned())
+    }
+
+    fn differences<T: DeserializeOwned + PartialEq + Debug>(inputs: &[Vec<u8>]) -> Vec<String> {
+        let name = std::any::type_name::<T>();
+        inputs
+            .iter()
+            .filter_map(|bytes| {
+                let (old, new) = (via_value::<T>(bytes), direct::<T>(bytes));
+                (old != new).then(|| {
+                    let shown = msgpack::to_json(bytes, false).unwrap();
+                    format!("{name} from {shown}: before {old:?}, now {new:?}")
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn typed_decoding_means_what_decoding_through_a_value_meant() {
+        let inputs = inputs();
+        let mut diffs = Vec::new();
+        diffs.extend(differences::<Value>(&inputs));
+        diffs.extend(differences::<Vec<Value>>(&inputs));
+        diffs.extend(differences::<BTreeMap<String, Value>>(&inputs));
+        diffs.extend(differences::<Vec<f64>>(&inputs));
+        diffs.extend(differences::<Vec<f32>>(&inputs));
+        diffs.extend(differences::<Vec<i64>>(&inputs));
+        diffs.extend(differences::<Vec<u64>>(&inputs));
+        diffs.extend(differences::<Vec<u128>>(&inputs));
+        diffs.extend(differences::<Vec<i8>>(&inputs));
+        diffs.extend(differences::<Vec<u8>>(&inputs));
+        diffs.extend(differences::<Vec<String>>(&inputs));
+        diffs.extend(differences::<Vec<char>>(&inputs));
+        diffs.extend(differences::<Vec<bool>>(&inputs));
+        diffs.extend(differences::<Vec<Option<i32>>>(&inputs));
+        diffs.extend(differences::<Option<Vec<i32>>>(&inputs));
+        diffs.extend(differences::<(i32, String)>(&inputs));
+        diffs.extend(differences::<(i32, i32)>(&inputs));
+        diffs.extend(differences::<(f32,)>(&inputs));
+        diffs.extend(differences::<()>(&inputs));
+        diffs.extend(differences::<((),)>(&inputs));
+        diffs.extend(differences::<Point>(&inputs));
+        diffs.extend(differences::<Vec<Shape>>(&inputs));
+        diffs.extend(differences::<Shape>(&inputs));
+        diffs.extend(differences::<Vec<Loose>>(&inputs));
+        diffs.extend(differences::<Tagged>(&inputs));
+        diffs.extend(differences::<Outer>(&inputs));
+        diffs.extend(differences::<(Meters,)>(&inputs));
+        diffs.extend(differences::<Marker>(&inputs));
+        diffs.extend(differences::<(Marker,)>(&inputs));
+        diffs.extend(differences::<HashMap<u32, String>>(&inputs));
+        diffs.extend(differences::<HashMap<i8, String>>(&inputs));
+        diffs.extend(differences::<BTreeMap<i128, String>>(&inputs));
+        diffs.extend(differences::<BTreeMap<bool, i32>>(&inputs));
+        diffs.extend(differences::<HashMap<String, Option<u8>>>(&inputs));
+        assert!(
+            diffs.is_empty(),
+            "{} differences:\n{}",
+            diffs.len(),
+            diffs.join("\n")
+        );
+    }
+
+    #[test]
+    fn raw_json_params_are_the_same_text() {
+        for bytes in inputs() {
+            let old: Result<Box<serde_json::value::RawValue>, String> = via_value(&bytes);
+            let new: Result<Box<serde_json::value::RawValue>, String> = direct(&bytes);
+            assert_eq!(
+                old.map(|r| r.get().to_owned()),
+                new.map(|r| r.get().to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_by_a_struct_as_from_json_text() {
+        // {"x": 1, "x": 2}: a Value kept the last; a struct now sees both.
+        let bytes = [0x82, 0xa1, b'x', 0x01, 0xa1, b'x', 0x02];
+        assert_eq!(direct::<Value>(&bytes).unwrap(), json!({"x": 2}));
+        assert_eq!(direct::<HashMap<String, i32>>(&bytes).unwrap()["x"], 2);
+        let error = direct::<Point>(&bytes).unwrap_err();
+        assert_eq!(error, "duplicate field `x`");
+        let text = serde_json::from_str::<Point>(r#"{"x":1,"x":2}"#).unwrap_err();
+        assert!(text.to_string().starts_with("duplicate field `x`"));
+    }
+
+    #[test]
+    fn the_walk_names_the_first_value_json_cannot_carry() {
+        let cases: [(&[u8], Result<usize, &str>); 9] = [
+            (&[0x92, 0x01, 0xc0], Ok(3)),
+            (&[0x81, 0xa1, b'a', 0x90], Ok(3)),
+            (&[0x92, 0xc4, 0x00, 0xd4, 0x01, 0x00], Err("binary data")),
+            (
+                &[0x92, 0xd4, 0x01, 0x00, 0xc4, 0x00],
+                Err("an extension type"),
+            ),
+            (
+                &[0x81, 0x01, 0xc4, 0x00],
+                Err("a map key that is not a string"),
+            ),
+            (
+                &[0x81, 0xa1, 0xff, 0x01],
+                Err("a map key that is not UTF-8"),
+            ),
+            (&[0x91, 0xa1, 0xff], Err("a string that is not UTF-8")),
+            (
+                &[0x91, 0xca, 0x7f, 0x80, 0, 0],
+                Err("a NaN or infinite number"),
+            ),
+            // Only keys must be strings: a map value may be anything JSON has.
+            (&[0x81, 0xa1, b'k', 0x81, 0xa0, 0x05], Ok(5)),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(super::json_compatible(bytes), expected, "{bytes:x?}");
+            if let Err(problem) = expected {
+                assert_eq!(msgpack::to_json(bytes, true).unwrap_err(), problem);
+            }
         }
     }
 }
