@@ -109,6 +109,44 @@ impl<'a> Params<'a> {
     }
 }
 
+/// Most event names one `rpc.on` or `rpc.off` may carry.
+pub(crate) const MAX_EVENT_NAMES: usize = 1000;
+
+/// The event names of an `rpc.on` or `rpc.off`: an array of strings, read one at a
+/// time and refused as soon as there are more than [`MAX_EVENT_NAMES`], so a frame of
+/// millions of short names is never held as millions of `String`s.
+pub(crate) struct EventNames;
+
+impl<'de> DeserializeSeed<'de> for EventNames {
+    type Value = Vec<String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EventNames {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        // As `Vec<String>` says it, so refusals read as they always did.
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut names = Vec::new();
+        while let Some(name) = seq.next_element::<String>()? {
+            if names.len() == MAX_EVENT_NAMES {
+                return Err(serde::de::Error::custom(format_args!(
+                    "too many event names: at most {MAX_EVENT_NAMES} in one request"
+                )));
+            }
+            names.push(name);
+        }
+        Ok(names)
+    }
+}
+
 /// The refusal of MessagePack params holding `problem`.
 fn cannot_carry(problem: &str) -> String {
     format!("params hold {problem}, which JSON cannot carry")

@@ -15,7 +15,9 @@ use super::registry::NamespaceTable;
 use super::{Context, Server};
 use crate::error::{RpcError, codes};
 use crate::lock;
-use crate::protocol::{Call, Codec, Encoded, Incoming, Item, Params, Reply};
+use crate::protocol::{
+    Call, Codec, Encoded, EventNames, Incoming, Item, MAX_EVENT_NAMES, Params, Reply,
+};
 
 /// One connection as the rules see it.
 pub(crate) struct Session {
@@ -139,12 +141,13 @@ fn context<'a>(server: &'a Server, session: &'a Session) -> Context<'a> {
     }
 }
 
-/// Event names from `rpc.on` / `rpc.off` params: an array of strings.
+/// Event names from `rpc.on` / `rpc.off` params: an array of at most
+/// [`MAX_EVENT_NAMES`] strings.
 fn event_names(params: Params<'_>) -> Result<Vec<String>, Failure> {
     if params.is_absent() {
         return Err(refused(codes::EVENT_NOT_PROVIDED));
     }
-    params.parse::<Vec<String>>().map_err(Failure::Refused)
+    params.parse_seed(EventNames).map_err(Failure::Refused)
 }
 
 /// `rpc.on` (`subscribe`) or `rpc.off`: a verdict per event name, and the dispatcher
@@ -438,6 +441,53 @@ mod tests {
                 json!({"code": -32000, "message": "Event not provided"})
             );
         }
+    }
+
+    #[test]
+    fn event_names_past_the_cap_are_invalid_params_and_change_nothing() {
+        let f = fixture();
+        let mut names = vec![json!("news"); MAX_EVENT_NAMES];
+        for method in ["rpc.on", "rpc.off"] {
+            let reply = f.call(method, Value::from(names.clone()));
+            assert_eq!(reply["result"].as_object().unwrap().len(), 1, "{reply}");
+        }
+        while f.commands.try_recv().is_ok() {}
+        names.push(json!("news"));
+        for method in ["rpc.on", "rpc.off"] {
+            let error = &f.call(method, Value::from(names.clone()))["error"];
+            assert_eq!(
+                (&error["code"], &error["message"]),
+                (&json!(-32602), &json!("Invalid params"))
+            );
+            let data = error["data"].as_str().unwrap();
+            assert!(data.contains("at most 1000"), "{data}");
+        }
+        assert!(f.commands.try_recv().is_err());
+        assert_eq!(
+            f.call("rpc.off", json!(["news"]))["result"]["news"],
+            "not subscribed"
+        );
+    }
+
+    #[test]
+    fn event_names_are_refused_before_all_are_read() {
+        // A name past the cap is never looked at: a bad one there still reads as "too many".
+        let mut names = vec![json!("n"); MAX_EVENT_NAMES + 1];
+        names.push(json!(5));
+        let frame = Value::from(names).to_string();
+        let raw = serde_json::value::RawValue::from_string(frame).unwrap();
+        let error = event_names(Params::Json(&raw)).err().unwrap();
+        let Failure::Refused(error) = error else {
+            panic!("not a refusal")
+        };
+        assert!(
+            error
+                .data
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .contains("too many event names")
+        );
     }
 
     #[test]
