@@ -15,9 +15,7 @@ use super::registry::NamespaceTable;
 use super::{Context, Server};
 use crate::error::{RpcError, codes};
 use crate::lock;
-use crate::protocol::{
-    Call, Codec, Encoded, EventNames, Incoming, Item, MAX_EVENT_NAMES, Params, Reply,
-};
+use crate::protocol::{Call, Codec, Encoded, EventNames, Incoming, Item, Params, Reply};
 
 /// One connection as the rules see it.
 pub(crate) struct Session {
@@ -142,7 +140,7 @@ fn context<'a>(server: &'a Server, session: &'a Session) -> Context<'a> {
 }
 
 /// Event names from `rpc.on` / `rpc.off` params: an array of at most
-/// [`MAX_EVENT_NAMES`] strings.
+/// [`MAX_EVENT_NAMES`](crate::protocol::MAX_EVENT_NAMES) strings.
 fn event_names(params: Params<'_>) -> Result<Vec<String>, Failure> {
     if params.is_absent() {
         return Err(refused(codes::EVENT_NOT_PROVIDED));
@@ -263,6 +261,7 @@ fn guarded<T>(name: &str, f: impl FnOnce() -> Result<T, RpcError>) -> Result<T, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::MAX_EVENT_NAMES;
     use crate::server::registry::Registry;
     use serde_json::json;
 
