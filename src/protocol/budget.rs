@@ -1,9 +1,10 @@
 //! A bound on the self-describing values a decode may build, proportional to the bytes
-//! of the params.
+//! of the params: [`FACTOR`] times as many bytes, or [`FLOOR`] bytes for short params.
 //!
 //! A handler's own types cost about what their wire form does, but a
 //! `serde_json::Value` costs 32 bytes a value however small its encoding: one byte of
-//! MessagePack `nil` (or two of JSON `0,`) becomes a 32-byte `Value::Null`. Such values
+//! MessagePack `nil` (or two of JSON `0,`) becomes a 32-byte `Value::Null`, and four
+//! bytes of a one-key map (`{"a":0}`) about 700 bytes of B-tree. Such values
 //! are exactly those the type asks for with `deserialize_any` (a `Value`, serde's
 //! buffering for untagged and internally tagged enums and `flatten`), so [`Counted`]
 //! wraps a deserializer and counts those requests, and the keys of the maps read that
@@ -17,14 +18,25 @@ use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
 };
 
-/// Bytes of params per self-describing value allowed: with about 32 bytes a value
-/// (a `Value`; a map entry counts its key too), decoded values stay near 4x the params.
-pub(crate) const BYTES_PER_VALUE: usize = 8;
+/// Decoded self-describing values may take this many times the bytes of the params.
+pub(crate) const FACTOR: usize = 4;
 
-/// Values always allowed, however short the params (about half a MiB as `Value`s).
-pub(crate) const MIN_VALUES: usize = 1 << 14;
+/// Bytes of such values always allowed, however short the params.
+pub(crate) const FLOOR: usize = 4 << 20;
 
-/// How many more self-describing values a decode may build.
+/// What one value costs: a `serde_json::Value` is 32 bytes.
+const VALUE_COST: usize = 32;
+
+/// What a map key adds: its `String` and its share of the map.
+const KEY_COST: usize = 64;
+
+/// A `serde_json::Map` (a B-tree) takes a node of about 600 bytes for every 11 keys,
+/// the first included: a one-key map costs 20 times a `Value`.
+const MAP_NODE_COST: usize = 600;
+const KEYS_PER_NODE: usize = 11;
+
+/// How many more bytes of self-describing values a decode may build (an estimate
+/// from what it asked for: the heap of strings, at most the params' bytes, is left out).
 pub(crate) struct Budget {
     left: Cell<usize>,
     limit: usize,
@@ -33,24 +45,23 @@ pub(crate) struct Budget {
 impl Budget {
     /// The budget of a decode of `bytes` bytes of params.
     pub(crate) fn for_params(bytes: usize) -> Self {
-        let limit = (bytes / BYTES_PER_VALUE).max(MIN_VALUES);
+        let limit = bytes.saturating_mul(FACTOR).max(FLOOR);
         Budget {
             left: Cell::new(limit),
             limit,
         }
     }
 
-    fn spend<E: de::Error>(&self) -> Result<(), E> {
-        match self.left.get() {
-            0 => Err(E::custom(format_args!(
-                "params too large for this method: more than {} values for {} bytes",
-                self.limit,
-                self.limit.saturating_mul(BYTES_PER_VALUE)
-            ))),
-            n => {
-                self.left.set(n - 1);
+    fn spend<E: de::Error>(&self, cost: usize) -> Result<(), E> {
+        match self.left.get().checked_sub(cost) {
+            Some(left) => {
+                self.left.set(left);
                 Ok(())
             }
+            None => Err(E::custom(format_args!(
+                "params too large to read as JSON values: more than {} MiB of memory",
+                self.limit >> 20
+            ))),
         }
     }
 }
@@ -87,7 +98,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Counted<'_, D> {
     type Error = D::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.budget.spend()?;
+        self.budget.spend(VALUE_COST)?;
         self.inner.deserialize_any(Wrap {
             inner: visitor,
             budget: self.budget,
@@ -235,6 +246,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<'_, V> {
             inner: seq,
             budget: self.budget,
             any: self.any,
+            keys: 0,
         })
     }
 
@@ -243,6 +255,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<'_, V> {
             inner: map,
             budget: self.budget,
             any: self.any,
+            keys: 0,
         })
     }
 
@@ -251,6 +264,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<'_, V> {
             inner: data,
             budget: self.budget,
             any: false,
+            keys: 0,
         })
     }
 }
@@ -274,6 +288,8 @@ struct Access<'b, A> {
     inner: A,
     budget: &'b Budget,
     any: bool,
+    /// Keys read so far (of a map).
+    keys: usize,
 }
 
 impl<'b, A> Access<'b, A> {
@@ -318,9 +334,15 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Access<'_, A> {
     ) -> Result<Option<K::Value>, A::Error> {
         let seed = self.seed(seed);
         let key = self.inner.next_key_seed(seed)?;
-        // A key of a self-describing map is a value of its own (a map entry's `String`).
+        // A key of a self-describing map is a `String` in a B-tree node.
         if key.is_some() && self.any {
-            self.budget.spend()?;
+            let node = if self.keys % KEYS_PER_NODE == 0 {
+                MAP_NODE_COST
+            } else {
+                0
+            };
+            self.keys += 1;
+            self.budget.spend(KEY_COST + node)?;
         }
         Ok(key)
     }
@@ -349,6 +371,7 @@ impl<'de, 'b, A: EnumAccess<'de>> EnumAccess<'de> for Access<'b, A> {
             inner: variant,
             budget: self.budget,
             any: false,
+            keys: 0,
         };
         Ok((value, variant))
     }
@@ -378,5 +401,119 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Access<'_, A> {
     ) -> Result<V::Value, A::Error> {
         let wrap = self.wrap(visitor);
         self.inner.struct_variant(fields, wrap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde::de::DeserializeOwned;
+    use serde_json::value::RawValue;
+    use serde_json::{Value, json};
+
+    use super::{FLOOR, VALUE_COST};
+    use crate::protocol::Params;
+
+    fn json<T: DeserializeOwned>(params: &Value) -> Result<T, String> {
+        let raw = RawValue::from_string(params.to_string()).unwrap();
+        Params::Json(&raw).parse().map_err(|e| e.to_string())
+    }
+
+    fn msgpack<T: DeserializeOwned>(params: &Value) -> Result<T, String> {
+        let bytes = rmp_serde::to_vec_named(params).unwrap();
+        Params::MsgPack {
+            bytes: &bytes,
+            raw: false,
+        }
+        .parse()
+        .map_err(|e| e.to_string())
+    }
+
+    fn both<T: DeserializeOwned>(params: &Value) -> [Result<T, String>; 2] {
+        [json(params), msgpack(params)]
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    #[allow(dead_code)]
+    enum Loose {
+        Numbers(Vec<u8>),
+        Anything(Value),
+    }
+
+    #[test]
+    fn a_dense_array_into_value_is_refused_past_the_budget() {
+        let zeros = Value::from(vec![0; 200_000]);
+        for result in both::<Value>(&zeros) {
+            let error = result.unwrap_err();
+            assert!(error.contains("params too large"), "{error}");
+        }
+        for result in both::<Vec<Value>>(&zeros) {
+            assert!(result.is_err());
+        }
+        for result in both::<Loose>(&zeros) {
+            assert!(result.is_err());
+        }
+        let nulls = Value::from(vec![Value::Null; 200_000]);
+        assert!(msgpack::<Value>(&nulls).is_err());
+    }
+
+    #[test]
+    fn typed_decodes_are_never_counted() {
+        let zeros = Value::from(vec![0; 200_000]);
+        for result in both::<Vec<u8>>(&zeros) {
+            assert_eq!(result.unwrap().len(), 200_000);
+        }
+        for result in both::<Vec<f64>>(&zeros) {
+            assert_eq!(result.unwrap().len(), 200_000);
+        }
+        let nulls = Value::from(vec![Value::Null; 200_000]);
+        for result in both::<Vec<Option<u8>>>(&nulls) {
+            assert_eq!(result.unwrap().len(), 200_000);
+        }
+    }
+
+    #[test]
+    fn ordinary_values_fit() {
+        // Under FLOOR, anything fits: 131,071 zeros are 4 MiB of `Value`s.
+        let small = Value::from(vec![0; FLOOR / VALUE_COST - 1]);
+        for result in both::<Value>(&small) {
+            assert_eq!(result.unwrap(), small);
+        }
+        // Past it, values of FACTOR * 32 / 4 = 8 bytes or more fit at any length.
+        let floats = Value::from(vec![0.123_456_7; FLOOR / 8]);
+        assert_eq!(json::<Value>(&floats).unwrap(), floats);
+        let words = Value::from(vec!["ordinary"; FLOOR / 8]);
+        for result in both::<Value>(&words) {
+            assert_eq!(result.unwrap(), words);
+        }
+        // Small records cost ~37x their JSON as `Value`s: 4,000 of them fit under FLOOR.
+        let records = Value::from(vec![json!({"id": 12, "name": "x"}); 4_000]);
+        for result in both::<Value>(&records) {
+            assert_eq!(result.unwrap(), records);
+        }
+        let more = Value::from(vec![json!({"id": 12, "name": "x"}); 8_000]);
+        for result in both::<Value>(&more) {
+            assert!(result.unwrap_err().contains("params too large"));
+        }
+    }
+
+    #[test]
+    fn keys_of_a_value_map_count() {
+        let map = |keys: usize| {
+            let map: serde_json::Map<String, Value> =
+                (0..keys).map(|i| (i.to_string(), Value::Null)).collect();
+            Value::Object(map)
+        };
+        // About 150 bytes a key: 20,000 fit in FLOOR, 40,000 do not.
+        for result in both::<Value>(&map(20_000)) {
+            assert!(result.is_ok());
+        }
+        for result in both::<Value>(&map(40_000)) {
+            assert!(result.unwrap_err().contains("params too large"));
+        }
+        for result in both::<std::collections::HashMap<String, ()>>(&map(40_000)) {
+            assert_eq!(result.unwrap().len(), 40_000);
+        }
     }
 }
