@@ -456,3 +456,34 @@ mod tests {
         assert_eq!((err.code, err.message.as_str()), (-32602, "Invalid params"));
     }
 }
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    /// Params nested as deep as the codecs allow decode into a `Value` on a connection
+    /// thread's default stack (512 KiB), in a debug build, through the budget's wrapper.
+    #[test]
+    fn deepest_params_fit_a_connection_threads_stack() {
+        let depth = msgpack::MAX_DEPTH - 1;
+        let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let mut bytes = vec![0x91; depth - 1];
+        bytes.push(0x90);
+        let worker = std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn(move || {
+                let raw = RawValue::from_string(text).unwrap();
+                let from_json: Value = Params::Json(&raw).parse().unwrap();
+                let params = Params::MsgPack {
+                    bytes: &bytes,
+                    raw: false,
+                };
+                let from_msgpack: Value = params.parse().unwrap();
+                assert_eq!(from_json, from_msgpack);
+                let raw_values: Value = params.allowing_raw().parse().unwrap();
+                assert_eq!(raw_values, from_msgpack);
+            })
+            .unwrap();
+        worker.join().unwrap();
+    }
+}
