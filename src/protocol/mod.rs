@@ -152,6 +152,25 @@ fn cannot_carry(problem: &str) -> String {
     format!("params hold {problem}, which JSON cannot carry")
 }
 
+/// For the fuzz targets: MessagePack params read into a `Value` give what converting
+/// them to JSON gave, or the budget's refusal.
+#[cfg(fuzzing)]
+pub(crate) fn check_typed_decoding(params: Params<'_>) {
+    let direct = params.parse::<Value>();
+    let Params::MsgPack { bytes, raw: false } = params else {
+        return;
+    };
+    match (
+        msgpack::to_json(bytes, true).map_err(|p| cannot_carry(&p)),
+        direct,
+    ) {
+        (Ok(converted), Ok(direct)) => assert_eq!(converted, direct),
+        (Err(converted), Err(direct)) => assert_eq!(Some(Value::from(converted)), direct.data),
+        (Ok(_), Err(direct)) => assert!(format!("{direct:?}").contains("params too large")),
+        (Err(converted), Ok(direct)) => panic!("{converted}, yet read as {direct}"),
+    }
+}
+
 /// One member of a request object as its codec holds it, not yet interpreted.
 pub(crate) trait Member<'a>: Copy {
     /// The value as an id: `None` unless it is a number or a string.
