@@ -37,6 +37,37 @@ const KEY_COST: usize = 64;
 const MAP_NODE_COST: usize = 600;
 const KEYS_PER_NODE: usize = 11;
 
+/// The most the estimate charges a byte of params: a MessagePack `{"": nil}` is 3 bytes
+/// charged 728 (a map, its first key and node, a value), 243 a byte; JSON's `{"":0}`
+/// is 6 bytes for the same.
+const MOST_PER_BYTE: usize = 256;
+
+/// Params this short cannot exceed [`FLOOR`], so they are read without counting.
+pub(crate) const UNCOUNTED: usize = FLOOR / MOST_PER_BYTE;
+
+/// Deserialize `len` bytes of params with `seed`, counting against a [`Budget`] unless
+/// they are too short to exceed one.
+pub(crate) fn deserialize<'de, S, D>(seed: S, de: D, len: usize) -> Result<S::Value, D::Error>
+where
+    S: DeserializeSeed<'de>,
+    D: Deserializer<'de>,
+{
+    if len <= UNCOUNTED {
+        return seed.deserialize(de);
+    }
+    counted(seed, de, len)
+}
+
+/// Deserialize `len` bytes of params with `seed`, counting against a [`Budget`].
+fn counted<'de, S, D>(seed: S, de: D, len: usize) -> Result<S::Value, D::Error>
+where
+    S: DeserializeSeed<'de>,
+    D: Deserializer<'de>,
+{
+    let budget = Budget::for_params(len);
+    seed.deserialize(Counted::new(de, &budget))
+}
+
 /// How many more bytes of self-describing values a decode may build (an estimate
 /// from what it asked for: the heap of strings, at most the params' bytes, is left out).
 pub(crate) struct Budget {
@@ -517,5 +548,31 @@ mod tests {
         for result in both::<std::collections::HashMap<String, ()>>(&map(40_000)) {
             assert_eq!(result.unwrap().len(), 40_000);
         }
+    }
+
+    #[test]
+    fn params_too_short_to_count_cannot_exceed_the_floor() {
+        use super::{UNCOUNTED, counted};
+        use crate::protocol::msgpack_params::{Reader, json_compatible};
+        use std::marker::PhantomData;
+        // The most charged per byte: maps of one empty key, as many as fit.
+        let mut bytes = vec![0xdd];
+        let count = (UNCOUNTED - 5) / 3;
+        bytes.extend_from_slice(&(count as u32).to_be_bytes());
+        for _ in 0..count {
+            bytes.extend_from_slice(&[0x81, 0xa0, 0xc0]);
+        }
+        assert!(json_compatible(&bytes).is_ok());
+        let value = counted(PhantomData::<Value>, &mut Reader::new(&bytes), bytes.len());
+        assert_eq!(value.unwrap().as_array().unwrap().len(), count);
+        // One more map of it would not fit.
+        let text = format!("[{}]", vec![r#"{"":0}"#; UNCOUNTED / 7].join(","));
+        let mut de = serde_json::Deserializer::from_str(&text);
+        assert!(counted(PhantomData::<Value>, &mut de, text.len()).is_ok());
+        let mut over = bytes.clone();
+        over[1..5].copy_from_slice(&((2 * count) as u32).to_be_bytes());
+        over.extend(std::iter::repeat_n([0x81, 0xa0, 0xc0], count).flatten());
+        let value = counted(PhantomData::<Value>, &mut Reader::new(&over), bytes.len());
+        assert!(value.is_err());
     }
 }

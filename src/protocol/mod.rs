@@ -19,7 +19,6 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::error::{RpcError, codes};
-use budget::{Budget, Counted};
 
 /// How the messages of a connection are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,26 +82,21 @@ impl<'a> Params<'a> {
         let parsed = match *self {
             Params::Absent => seed.deserialize(Value::Null).map_err(|e| e.to_string()),
             Params::Json(raw) => {
-                let budget = Budget::for_params(raw.get().len());
                 let mut de = serde_json::Deserializer::from_str(raw.get());
-                seed.deserialize(Counted::new(&mut de, &budget))
+                budget::deserialize(seed, &mut de, raw.get().len())
                     .and_then(|value| de.end().map(|()| value))
                     .map_err(|e| e.to_string())
             }
             Params::MsgPack { bytes, raw: true } => {
-                let budget = Budget::for_params(bytes.len());
                 let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
                 de.set_max_depth(msgpack::MAX_DEPTH);
-                seed.deserialize(Counted::new(&mut de, &budget))
-                    .map_err(|e| e.to_string())
+                budget::deserialize(seed, &mut de, bytes.len()).map_err(|e| e.to_string())
             }
             Params::MsgPack { bytes, raw: false } => msgpack_params::json_compatible(bytes)
                 .map_err(cannot_carry)
                 .and_then(|_| {
-                    let budget = Budget::for_params(bytes.len());
                     let mut de = msgpack_params::Reader::new(bytes);
-                    seed.deserialize(Counted::new(&mut de, &budget))
-                        .map_err(|e| e.to_string())
+                    budget::deserialize(seed, &mut de, bytes.len()).map_err(|e| e.to_string())
                 }),
         };
         parsed.map_err(|msg| RpcError::standard(codes::INVALID_PARAMS).with_data(msg))

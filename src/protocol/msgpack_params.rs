@@ -19,7 +19,7 @@ use serde::de::{
 };
 use serde_json::Error;
 
-use super::msgpack::{Head, head};
+use super::msgpack::{Head, MAX_DEPTH, head};
 
 /// Where `serde_json` marks a `RawValue`; such params are handed over as JSON text.
 const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
@@ -29,11 +29,13 @@ const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
 /// meet it); on success, the number of values it holds (map keys included).
 pub(crate) fn json_compatible(buf: &[u8]) -> Result<usize, &'static str> {
     // Items left in each open container; in a map, an even count left means a key is next.
-    let mut open: Vec<(usize, bool)> = Vec::new();
+    // On the stack: this runs for every call (`check_frame` bounded the depth).
+    let mut open = [(0usize, false); MAX_DEPTH];
+    let mut depth = 0;
     let mut pos = 0;
     let mut count = 0usize;
     loop {
-        let is_key = matches!(open.last(), Some(&(left, true)) if left % 2 == 0);
+        let is_key = depth > 0 && open[depth - 1].1 && open[depth - 1].0 % 2 == 0;
         let (value, next) = head(buf, pos).map_err(|_| "malformed MessagePack")?;
         pos = next;
         count += 1;
@@ -56,20 +58,23 @@ pub(crate) fn json_compatible(buf: &[u8]) -> Result<usize, &'static str> {
             _ => None,
         };
         if let Some(container) = children {
-            open.push(container);
+            if depth == MAX_DEPTH {
+                return Err("malformed MessagePack");
+            }
+            open[depth] = container;
+            depth += 1;
             continue;
         }
         loop {
-            match open.last_mut() {
-                None => return Ok(count),
-                Some((left, _)) => {
-                    *left -= 1;
-                    if *left > 0 {
-                        break;
-                    }
-                    open.pop();
-                }
+            if depth == 0 {
+                return Ok(count);
             }
+            let left = &mut open[depth - 1].0;
+            *left -= 1;
+            if *left > 0 {
+                break;
+            }
+            depth -= 1;
         }
     }
 }
@@ -930,5 +935,64 @@ mod tests {
             diffs.len(),
             diffs[..diffs.len().min(20)].join("\n")
         );
+    }
+
+    /// Small calls must not get slower: times the old and new ways to read `[5, 3]`
+    /// (`cargo test --release --lib hot_path -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a timing, for release builds"]
+    fn hot_path_timing() {
+        use std::hint::black_box;
+        use std::time::Instant;
+        let bytes = [0x92, 0x05, 0x03];
+        let raw = serde_json::value::RawValue::from_string("[5,3]".into()).unwrap();
+        // HOT_ROUNDS and HOT_CASE (a part of a name) narrow it down, for callgrind.
+        let env = |name: &str| std::env::var(name).ok();
+        let rounds: u32 = env("HOT_ROUNDS").map_or(2_000_000, |r| r.parse().unwrap());
+        let case = env("HOT_CASE").unwrap_or_default();
+        let time = |name: &str, f: &dyn Fn() -> f64| {
+            if !name.contains(&case) {
+                return;
+            }
+            let start = Instant::now();
+            let mut sum = 0.0;
+            for _ in 0..rounds {
+                sum += f();
+            }
+            let ns = start.elapsed().as_nanos() as f64 / f64::from(rounds);
+            eprintln!("{name}: {ns:.1} ns ({sum})");
+        };
+        for _ in 0..2 {
+            time("msgpack through a Value", &|| {
+                via_value::<Vec<f64>>(black_box(&bytes))
+                    .unwrap()
+                    .iter()
+                    .sum()
+            });
+            time("msgpack direct", &|| {
+                direct::<Vec<f64>>(black_box(&bytes)).unwrap().iter().sum()
+            });
+            time("json from_str", &|| {
+                serde_json::from_str::<Vec<f64>>(black_box(&raw).get())
+                    .unwrap()
+                    .iter()
+                    .sum()
+            });
+            time("json parse", &|| {
+                Params::Json(black_box(&raw))
+                    .parse::<Vec<f64>>()
+                    .unwrap()
+                    .iter()
+                    .sum()
+            });
+            time("Value json from_str", &|| {
+                let v: Value = serde_json::from_str(black_box(&raw).get()).unwrap();
+                v[0].as_f64().unwrap()
+            });
+            time("Value json parse", &|| {
+                let v: Value = Params::Json(black_box(&raw)).parse().unwrap();
+                v[0].as_f64().unwrap()
+            });
+        }
     }
 }
