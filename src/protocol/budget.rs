@@ -369,7 +369,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Access<'_, A> {
         let key = self.inner.next_key_seed(seed)?;
         // A key of a self-describing map is a `String` in a B-tree node.
         if key.is_some() && self.any {
-            let node = if self.keys % KEYS_PER_NODE == 0 {
+            let node = if self.keys.is_multiple_of(KEYS_PER_NODE) {
                 MAP_NODE_COST
             } else {
                 0

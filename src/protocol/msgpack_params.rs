@@ -92,7 +92,7 @@ impl<'de> Reader<'de> {
     }
 
     fn peek(&self) -> Result<(Head, usize), Error> {
-        head(self.buf, self.pos).map_err(|f| de::Error::custom(f))
+        head(self.buf, self.pos).map_err(de::Error::custom)
     }
 
     fn next(&mut self) -> Result<Head, Error> {
@@ -185,14 +185,18 @@ enum Kind {
 
 impl Kind {
     fn accepts(self, value: Head) -> bool {
-        match (self, value) {
-            (Kind::Bool, Head::Bool(_)) | (Kind::Nil, Head::Nil) => true,
-            (Kind::Number, Head::Uint(_) | Head::Int(_) | Head::Float(_)) => true,
-            (Kind::Str | Kind::StrOrArray, Head::Str { .. }) => true,
-            (Kind::StrOrArray | Kind::Array | Kind::ArrayOrMap, Head::Array { .. }) => true,
-            (Kind::Map | Kind::ArrayOrMap, Head::Map { .. }) => true,
-            _ => false,
-        }
+        matches!(
+            (self, value),
+            (Kind::Bool, Head::Bool(_))
+                | (Kind::Nil, Head::Nil)
+                | (Kind::Number, Head::Uint(_) | Head::Int(_) | Head::Float(_))
+                | (Kind::Str | Kind::StrOrArray, Head::Str { .. })
+                | (
+                    Kind::StrOrArray | Kind::Array | Kind::ArrayOrMap,
+                    Head::Array { .. }
+                )
+                | (Kind::Map | Kind::ArrayOrMap, Head::Map { .. })
+        )
     }
 }
 
