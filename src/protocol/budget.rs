@@ -23,8 +23,9 @@ use serde::de::{
 /// in memory too: about 4x the frame in all.
 pub(crate) const FACTOR: usize = 2;
 
-/// Bytes of such values always allowed, however short the params.
-pub(crate) const FLOOR: usize = 4 << 20;
+/// Bytes of such values always allowed, however short the params: about a million
+/// `Value`s, so a million-element array still reads into a `Value`, as it always has.
+pub(crate) const FLOOR: usize = 32 << 20;
 
 /// What one value costs: a `serde_json::Value` is 32 bytes.
 const VALUE_COST: usize = 32;
@@ -444,7 +445,7 @@ mod tests {
     use serde_json::value::RawValue;
     use serde_json::{Value, json};
 
-    use super::{FLOOR, VALUE_COST};
+    use super::{Budget, FACTOR, FLOOR, VALUE_COST};
     use crate::protocol::Params;
 
     fn json<T: DeserializeOwned>(params: &Value) -> Result<T, String> {
@@ -474,9 +475,12 @@ mod tests {
         Anything(Value),
     }
 
+    /// Past FLOOR / 32 values: more than a million.
+    const MANY: usize = 1_200_000;
+
     #[test]
     fn a_dense_array_into_value_is_refused_past_the_budget() {
-        let zeros = Value::from(vec![0; 200_000]);
+        let zeros = Value::from(vec![0; MANY]);
         for result in both::<Value>(&zeros) {
             let error = result.unwrap_err();
             assert!(error.contains("params too large"), "{error}");
@@ -487,48 +491,55 @@ mod tests {
         for result in both::<Loose>(&zeros) {
             assert!(result.is_err());
         }
-        let nulls = Value::from(vec![Value::Null; 200_000]);
+        let nulls = Value::from(vec![Value::Null; MANY]);
         assert!(msgpack::<Value>(&nulls).is_err());
     }
 
     #[test]
     fn typed_decodes_are_never_counted() {
-        let zeros = Value::from(vec![0; 200_000]);
+        let zeros = Value::from(vec![0; MANY]);
         for result in both::<Vec<u8>>(&zeros) {
-            assert_eq!(result.unwrap().len(), 200_000);
+            assert_eq!(result.unwrap().len(), MANY);
         }
         for result in both::<Vec<f64>>(&zeros) {
-            assert_eq!(result.unwrap().len(), 200_000);
+            assert_eq!(result.unwrap().len(), MANY);
         }
-        let nulls = Value::from(vec![Value::Null; 200_000]);
+        let nulls = Value::from(vec![Value::Null; MANY]);
         for result in both::<Vec<Option<u8>>>(&nulls) {
-            assert_eq!(result.unwrap().len(), 200_000);
+            assert_eq!(result.unwrap().len(), MANY);
         }
     }
 
     #[test]
     fn ordinary_values_fit() {
-        // Under FLOOR, anything fits: 131,071 zeros are 4 MiB of `Value`s.
-        let small = Value::from(vec![0; FLOOR / VALUE_COST - 1]);
-        for result in both::<Value>(&small) {
-            assert_eq!(result.unwrap(), small);
+        // Under FLOOR, anything fits: a million zeros are 32 MB of `Value`s.
+        let million = Value::from(vec![0; FLOOR / VALUE_COST - 1]);
+        for result in both::<Value>(&million) {
+            assert_eq!(result.unwrap(), million);
         }
-        // Past it, values of 32 / FACTOR = 16 bytes or more fit at any length.
-        let floats = Value::from(vec![0.123_456_789_012_34; FLOOR / 8]);
-        assert_eq!(json::<Value>(&floats).unwrap(), floats);
-        let words = Value::from(vec!["sixteen letters!"; FLOOR / 8]);
-        for result in both::<Value>(&words) {
-            assert_eq!(result.unwrap(), words);
-        }
-        // Small records cost ~37x their JSON as `Value`s: 4,000 of them fit under FLOOR.
-        let records = Value::from(vec![json!({"id": 12, "name": "x"}); 4_000]);
+        // Small records cost ~37x their JSON as `Value`s: 40,000 fit, 50,000 do not.
+        let records = Value::from(vec![json!({"id": 12, "name": "x"}); 40_000]);
         for result in both::<Value>(&records) {
             assert_eq!(result.unwrap(), records);
         }
-        let more = Value::from(vec![json!({"id": 12, "name": "x"}); 8_000]);
+        let more = Value::from(vec![json!({"id": 12, "name": "x"}); 50_000]);
         for result in both::<Value>(&more) {
             assert!(result.unwrap_err().contains("params too large"));
         }
+    }
+
+    #[test]
+    fn past_the_floor_the_budget_grows_with_the_params() {
+        assert_eq!(Budget::for_params(1).limit, FLOOR);
+        assert_eq!(Budget::for_params(FLOOR / FACTOR).limit, FLOOR);
+        assert_eq!(Budget::for_params(FLOOR).limit, FACTOR * FLOOR);
+        // So values of 32 / FACTOR = 16 bytes or more fit at any length.
+        let budget = Budget::for_params(FLOOR);
+        let values = FLOOR / 16;
+        for _ in 0..values {
+            budget.spend::<serde_json::Error>(VALUE_COST).unwrap();
+        }
+        assert!(budget.spend::<serde_json::Error>(1).is_err());
     }
 
     #[test]
@@ -538,15 +549,15 @@ mod tests {
                 (0..keys).map(|i| (i.to_string(), Value::Null)).collect();
             Value::Object(map)
         };
-        // About 150 bytes a key: 20,000 fit in FLOOR, 40,000 do not.
-        for result in both::<Value>(&map(20_000)) {
+        // About 150 bytes a key: 200,000 fit in FLOOR, 250,000 do not.
+        for result in both::<Value>(&map(200_000)) {
             assert!(result.is_ok());
         }
-        for result in both::<Value>(&map(40_000)) {
+        for result in both::<Value>(&map(250_000)) {
             assert!(result.unwrap_err().contains("params too large"));
         }
-        for result in both::<std::collections::HashMap<String, ()>>(&map(40_000)) {
-            assert_eq!(result.unwrap().len(), 40_000);
+        for result in both::<std::collections::HashMap<String, ()>>(&map(250_000)) {
+            assert_eq!(result.unwrap().len(), 250_000);
         }
     }
 
