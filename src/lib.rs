@@ -112,7 +112,7 @@ pub mod fuzzing {
             Incoming::Refused(_) => Vec::new(),
         };
         for call in items.into_iter().flatten() {
-            let _ = call.params.parse::<serde_json::Value>();
+            crate::protocol::check_typed_decoding(call.params);
             let _ = call.params.allowing_raw().parse::<(Vec<u8>,)>();
         }
         let _ = codec.decode_server_message(data);

@@ -4,12 +4,16 @@
 //! [`Incoming`] calls; replies and events are encoded by the same [`Codec`]. Which
 //! reply a call gets is decided in `server::calls`; this module only knows shapes.
 
+mod budget;
 pub(crate) mod json;
 pub(crate) mod msgpack;
+mod msgpack_params;
 
 use std::borrow::Cow;
 
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -53,7 +57,7 @@ pub(crate) enum Params<'a> {
     MsgPack { bytes: &'a [u8], raw: bool },
 }
 
-impl Params<'_> {
+impl<'a> Params<'a> {
     pub(crate) fn is_absent(&self) -> bool {
         matches!(self, Params::Absent)
     }
@@ -69,15 +73,95 @@ impl Params<'_> {
     /// Deserialize into the handler's type; absent params read as `null`, so `()`,
     /// `Option<T>` and `serde_json::Value` accept them.
     pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
+        self.parse_seed(PhantomData::<T>)
+    }
+
+    /// [`Params::parse`] with a seed. Self-describing values (`serde_json::Value` and
+    /// the like) are bounded by a [`budget::Budget`] proportional to the params' bytes.
+    pub(crate) fn parse_seed<S: DeserializeSeed<'a>>(&self, seed: S) -> Result<S::Value, RpcError> {
         let parsed = match *self {
-            Params::Absent => T::deserialize(Value::Null).map_err(|e| e.to_string()),
-            Params::Json(raw) => serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
-            Params::MsgPack { bytes, raw: true } => msgpack::from_slice(bytes),
-            Params::MsgPack { bytes, raw: false } => msgpack::to_json(bytes, true)
-                .map_err(|problem| format!("params hold {problem}, which JSON cannot carry"))
-                .and_then(|value| T::deserialize(value).map_err(|e| e.to_string())),
+            Params::Absent => seed.deserialize(Value::Null).map_err(|e| e.to_string()),
+            Params::Json(raw) => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                budget::deserialize(seed, &mut de, raw.get().len())
+                    .and_then(|value| de.end().map(|()| value))
+                    .map_err(|e| e.to_string())
+            }
+            Params::MsgPack { bytes, raw: true } => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                de.set_max_depth(msgpack::MAX_DEPTH);
+                budget::deserialize(seed, &mut de, bytes.len()).map_err(|e| e.to_string())
+            }
+            Params::MsgPack { bytes, raw: false } => msgpack_params::json_compatible(bytes)
+                .map_err(cannot_carry)
+                .and_then(|_| {
+                    let mut de = msgpack_params::Reader::new(bytes);
+                    budget::deserialize(seed, &mut de, bytes.len()).map_err(|e| e.to_string())
+                }),
         };
         parsed.map_err(|msg| RpcError::standard(codes::INVALID_PARAMS).with_data(msg))
+    }
+}
+
+/// Most event names one `rpc.on` or `rpc.off` may carry.
+pub(crate) const MAX_EVENT_NAMES: usize = 1000;
+
+/// The event names of an `rpc.on` or `rpc.off`: an array of strings, read one at a
+/// time and refused as soon as there are more than [`MAX_EVENT_NAMES`], so a frame of
+/// millions of short names is never held as millions of `String`s.
+pub(crate) struct EventNames;
+
+impl<'de> DeserializeSeed<'de> for EventNames {
+    type Value = Vec<String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EventNames {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        // As `Vec<String>` says it, so refusals read as they always did.
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut names = Vec::new();
+        while let Some(name) = seq.next_element::<String>()? {
+            if names.len() == MAX_EVENT_NAMES {
+                return Err(serde::de::Error::custom(format_args!(
+                    "too many event names: at most {MAX_EVENT_NAMES} in one request"
+                )));
+            }
+            names.push(name);
+        }
+        Ok(names)
+    }
+}
+
+/// The refusal of MessagePack params holding `problem`.
+fn cannot_carry(problem: &str) -> String {
+    format!("params hold {problem}, which JSON cannot carry")
+}
+
+/// For the fuzz targets: MessagePack params read into a `Value` give what converting
+/// them to JSON gave, or the budget's refusal.
+#[cfg(fuzzing)]
+pub(crate) fn check_typed_decoding(params: Params<'_>) {
+    let direct = params.parse::<Value>();
+    let Params::MsgPack { bytes, raw: false } = params else {
+        return;
+    };
+    match (
+        msgpack::to_json(bytes, true).map_err(|p| cannot_carry(&p)),
+        direct,
+    ) {
+        (Ok(converted), Ok(direct)) => assert_eq!(converted, direct),
+        (Err(converted), Err(direct)) => assert_eq!(Some(Value::from(converted)), direct.data),
+        (Ok(_), Err(direct)) => assert!(format!("{direct:?}").contains("params too large")),
+        (Err(converted), Ok(direct)) => panic!("{converted}, yet read as {direct}"),
     }
 }
 
@@ -383,5 +467,36 @@ mod tests {
         assert_eq!(opt, None);
         let err = Params::Absent.parse::<(i32, i32)>().unwrap_err();
         assert_eq!((err.code, err.message.as_str()), (-32602, "Invalid params"));
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    /// Params nested as deep as the codecs allow decode into a `Value` on a connection
+    /// thread's default stack (512 KiB), in a debug build, through the budget's wrapper.
+    #[test]
+    fn deepest_params_fit_a_connection_threads_stack() {
+        let depth = msgpack::MAX_DEPTH - 1;
+        let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let mut bytes = vec![0x91; depth - 1];
+        bytes.push(0x90);
+        let worker = std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn(move || {
+                let raw = RawValue::from_string(text).unwrap();
+                let from_json: Value = Params::Json(&raw).parse().unwrap();
+                let params = Params::MsgPack {
+                    bytes: &bytes,
+                    raw: false,
+                };
+                let from_msgpack: Value = params.parse().unwrap();
+                assert_eq!(from_json, from_msgpack);
+                let raw_values: Value = params.allowing_raw().parse().unwrap();
+                assert_eq!(raw_values, from_msgpack);
+            })
+            .unwrap();
+        worker.join().unwrap();
     }
 }

@@ -10,7 +10,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Number, Value};
 
 use super::{
@@ -47,7 +46,7 @@ impl fmt::Display for Fault {
 
 /// What one value's first bytes say it is.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Head {
+pub(crate) enum Head {
     Nil,
     Bool(bool),
     Uint(u64),
@@ -103,7 +102,7 @@ fn items(buf: &[u8], start: usize, len: u64, per_item: u64) -> Result<(usize, us
 
 /// Read the head of the value at `pos`; also returns where the head (for strings and
 /// the like: the whole value) ends.
-fn head(buf: &[u8], pos: usize) -> Result<(Head, usize), Fault> {
+pub(crate) fn head(buf: &[u8], pos: usize) -> Result<(Head, usize), Fault> {
     let marker = *buf.get(pos).ok_or(Fault::Truncated)?;
     let p = pos + 1;
     let str_at = |start: usize, len: u64| {
@@ -293,14 +292,6 @@ fn read(buf: &[u8], pos: usize, strict: bool) -> Result<(Value, usize), &'static
         }
     };
     Ok((converted, next))
-}
-
-/// Deserialize a handler's params straight from MessagePack (for handlers that accept
-/// values JSON cannot carry). The frame was checked, so depth is bounded.
-pub(crate) fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-    de.set_max_depth(MAX_DEPTH);
-    T::deserialize(&mut de).map_err(|e| e.to_string())
 }
 
 /// One member of a request map: the bytes of a well-formed value.

@@ -14,7 +14,7 @@ use super::registry::NamespaceTable;
 use super::{Context, Server};
 use crate::error::{RpcError, codes};
 use crate::log_limit::error_limited;
-use crate::protocol::{Call, Codec, Encoded, Incoming, Item, Params, Reply};
+use crate::protocol::{Call, Codec, Encoded, EventNames, Incoming, Item, Params, Reply};
 
 /// One connection as the rules see it. Who it is subscribed to is not here: the
 /// dispatcher owns subscriptions, and `rpc.on` / `rpc.off` ask it.
@@ -129,12 +129,13 @@ fn context<'a>(server: &'a Server, session: &'a Session) -> Context<'a> {
     }
 }
 
-/// Event names from `rpc.on` / `rpc.off` params: an array of strings.
+/// Event names from `rpc.on` / `rpc.off` params: an array of at most
+/// [`MAX_EVENT_NAMES`](crate::protocol::MAX_EVENT_NAMES) strings.
 fn event_names(params: Params<'_>) -> Result<Vec<String>, Failure> {
     if params.is_absent() {
         return Err(refused(codes::EVENT_NOT_PROVIDED));
     }
-    params.parse::<Vec<String>>().map_err(Failure::Refused)
+    params.parse_seed(EventNames).map_err(Failure::Refused)
 }
 
 /// `rpc.on` (`subscribe`) or `rpc.off`: a verdict per event name. The dispatcher owns
@@ -257,6 +258,7 @@ fn guarded<T>(name: &str, f: impl FnOnce() -> Result<T, RpcError>) -> Result<T, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::MAX_EVENT_NAMES;
     use crate::server::registry::Registry;
     use serde_json::json;
 
@@ -510,6 +512,58 @@ mod tests {
                 json!({"code": -32000, "message": "Event not provided"})
             );
         }
+    }
+
+    #[test]
+    fn event_names_past_the_cap_are_invalid_params_and_change_nothing() {
+        let f = fixture();
+        let asked = answer_subscriptions(&f);
+        let mut names = vec![json!("news"); MAX_EVENT_NAMES];
+        for method in ["rpc.on", "rpc.off"] {
+            let reply = f.call(method, Value::from(names.clone()));
+            assert_eq!(reply["result"].as_object().unwrap().len(), 1, "{reply}");
+        }
+        assert_eq!(crate::lock(&asked).len(), 2);
+        names.push(json!("news"));
+        for method in ["rpc.on", "rpc.off"] {
+            let error = &f.call(method, Value::from(names.clone()))["error"];
+            assert_eq!(
+                (&error["code"], &error["message"]),
+                (&json!(-32602), &json!("Invalid params"))
+            );
+            let data = error["data"].as_str().unwrap();
+            assert!(data.contains("at most 1000"), "{data}");
+        }
+        assert_eq!(
+            crate::lock(&asked).len(),
+            2,
+            "a refused request reached the dispatcher"
+        );
+        assert_eq!(
+            f.call("rpc.off", json!(["news"]))["result"]["news"],
+            "not subscribed"
+        );
+    }
+
+    #[test]
+    fn event_names_are_refused_before_all_are_read() {
+        // A name past the cap is never looked at: a bad one there still reads as "too many".
+        let mut names = vec![json!("n"); MAX_EVENT_NAMES + 1];
+        names.push(json!(5));
+        let frame = Value::from(names).to_string();
+        let raw = serde_json::value::RawValue::from_string(frame).unwrap();
+        let error = event_names(Params::Json(&raw)).err().unwrap();
+        let Failure::Refused(error) = error else {
+            panic!("not a refusal")
+        };
+        assert!(
+            error
+                .data
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .contains("too many event names")
+        );
     }
 
     #[test]
