@@ -421,6 +421,8 @@ pub(crate) struct ConnStream {
     deadline: Option<Instant>,
     heard: Instant,
     pinged: Option<Instant>,
+    /// What the peer's messages may cost (the server's side only).
+    intake: Option<Box<Intake>>,
 }
 
 impl ConnStream {
@@ -431,7 +433,65 @@ impl ConnStream {
             deadline: Some(deadline),
             heard: Instant::now(),
             pinged: None,
+            intake: None,
         }
+    }
+
+    /// From now on, follow the frames read: count their bytes against `bytes`, time
+    /// each message, and keep large frames from sharing a read with what follows (so
+    /// the reader can be rebuilt with a small buffer after them). Call right after
+    /// [`ConnStream::opened`]: the reader then holds no bytes it has not returned.
+    pub(crate) fn limit(&mut self, limits: IntakeLimits, heartbeat: &Heartbeat) -> io::Result<()> {
+        // A message that stops arriving is noticed within half its timeout.
+        let half = limits
+            .message_timeout
+            .map(|t| (t / 2).max(Duration::from_millis(5)));
+        let tick = match (heartbeat.tick(), half) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.intake = Some(Box::new(Intake::new(limits)));
+        self.sink.stream.set_read_timeout(tick)
+    }
+
+    /// The counter of message bytes, if [`ConnStream::limit`] set one.
+    pub(crate) fn message_bytes(&self) -> Option<Arc<dyn MessageBudget>> {
+        self.intake.as_ref().map(|i| i.limits.bytes.clone())
+    }
+
+    /// `read` returned `message`: the bytes of a data message, counted since its first
+    /// frame header, are now the caller's to give back once it is handled.
+    pub(crate) fn took(&mut self, message: &Message) -> usize {
+        let Some(intake) = &mut self.intake else {
+            return 0;
+        };
+        intake.returned += 1;
+        match message {
+            Message::Text(_) | Message::Binary(_) => {
+                let n = message.len().min(intake.pending);
+                intake.pending -= n;
+                n
+            }
+            _ => 0,
+        }
+    }
+
+    /// Whether a large frame came in since the reader was built and the reader now
+    /// holds no bytes it has not returned: the time to rebuild it, small.
+    pub(crate) fn shrink_due(&self) -> bool {
+        self.intake.as_ref().is_some_and(|i| i.shrink_due())
+    }
+
+    /// The reader was rebuilt with an empty buffer.
+    pub(crate) fn shrunk(&mut self) {
+        if let Some(intake) = &mut self.intake {
+            intake.large_seen = false;
+        }
+    }
+
+    /// Why a read failed on purpose, if it did (taken once).
+    pub(crate) fn take_cutoff(&mut self) -> Option<Cutoff> {
+        self.intake.as_mut().and_then(|i| i.cutoff.take())
     }
 
     /// The handshake is over: reads wait for data, waking each heartbeat tick; a
@@ -463,19 +523,306 @@ impl Read for ConnStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // The reader is out of whole frames: replies held back go out before it waits.
         self.sink.flush().map_err(into_io)?;
+        let mut buf = buf;
+        if let Some(intake) = &mut self.intake {
+            intake.check_time(None)?;
+            // A large frame's last read ends with it.
+            if let Some(left) = intake.scan.large_left()
+                && left < buf.len() as u64
+            {
+                buf = &mut buf[..left as usize];
+            }
+        }
         let n = loop {
             // A signal delivered to this thread (a debugger, a profiler, the
             // application's own) interrupts the wait; it is no reason to end the
             // connection.
             match self.sink.stream.read_before(buf, self.deadline) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                read => break read?,
+                Err(e) => {
+                    if let Some(intake) = &mut self.intake {
+                        intake.check_time(None)?;
+                    }
+                    return Err(e);
+                }
+                Ok(n) => break n,
             }
         };
         if n > 0 {
             self.heard = Instant::now();
+            if let Some(intake) = &mut self.intake {
+                intake.follow(&buf[..n], self.heard)?;
+            }
         }
         Ok(n)
+    }
+}
+
+/// Why the server stopped reading a connection on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cutoff {
+    /// A message took longer than `message_timeout` to arrive.
+    TooSlow,
+    /// A message would have passed the client's or the server's budget of bytes.
+    OverBudget,
+    /// A fragmented message declared more than `max_message_size` bytes.
+    TooBig,
+    /// A control frame declared more than 125 bytes.
+    ControlTooBig,
+}
+
+/// Counts the bytes of a connection's incoming messages against a budget.
+pub(crate) trait MessageBudget: Send + Sync {
+    /// Count `n` more bytes; `false` if that passes the budget (they stay counted).
+    fn take(&self, n: usize) -> bool;
+    /// Give back `n` counted bytes.
+    fn give_back(&self, n: usize);
+}
+
+/// The server's limits on what a peer's messages may cost.
+#[derive(Clone)]
+pub(crate) struct IntakeLimits {
+    pub bytes: Arc<dyn MessageBudget>,
+    pub message_timeout: Option<Duration>,
+    pub max_message_size: usize,
+    pub max_frame_size: usize,
+}
+
+/// The frames a connection has read so far, what they cost and how long the current
+/// message has taken.
+struct Intake {
+    scan: FrameScan,
+    limits: IntakeLimits,
+    /// Bytes counted for frames whose message `read` has not returned yet.
+    pending: usize,
+    /// When the message being received began (only once it spans reads).
+    started: Option<Instant>,
+    cutoff: Option<Cutoff>,
+    /// Messages (control frames included) `read` has returned.
+    returned: u64,
+    /// A large frame came in since the reader was built.
+    large_seen: bool,
+}
+
+impl Intake {
+    fn new(limits: IntakeLimits) -> Self {
+        Intake {
+            scan: FrameScan::default(),
+            limits,
+            pending: 0,
+            started: None,
+            cutoff: None,
+            returned: 0,
+            large_seen: false,
+        }
+    }
+
+    /// Fail once a message has taken longer than its timeout.
+    fn check_time(&mut self, now: Option<Instant>) -> io::Result<()> {
+        if let (Some(started), Some(timeout)) = (self.started, self.limits.message_timeout)
+            && now
+                .unwrap_or_else(Instant::now)
+                .saturating_duration_since(started)
+                >= timeout
+        {
+            return Err(self.cut(Cutoff::TooSlow));
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self, why: Cutoff) -> io::Error {
+        self.cutoff = Some(why);
+        io::Error::other(format!("{why:?}"))
+    }
+
+    /// Follow the bytes just read.
+    fn follow(&mut self, bytes: &[u8], now: Instant) -> io::Result<()> {
+        let limits = &self.limits;
+        let pending = &mut self.pending;
+        let large_seen = &mut self.large_seen;
+        let verdict = self.scan.feed(bytes, |head| {
+            if head.control {
+                return if head.len > 125 {
+                    Err(Cutoff::ControlTooBig)
+                } else {
+                    Ok(())
+                };
+            }
+            if head.len > limits.max_frame_size as u64 {
+                // The reader refuses it at its header (1009).
+                return Ok(());
+            }
+            if head.message_len > limits.max_message_size as u64 {
+                return Err(Cutoff::TooBig);
+            }
+            let len = head.len as usize;
+            *large_seen |= len >= LARGE_FRAME;
+            *pending += len;
+            if limits.bytes.take(len) {
+                Ok(())
+            } else {
+                Err(Cutoff::OverBudget)
+            }
+        });
+        if let Err(why) = verdict {
+            return Err(self.cut(why));
+        }
+        if self.scan.mid_message() {
+            if self.started.is_none() {
+                self.started = Some(now);
+            }
+            self.check_time(Some(now))
+        } else {
+            self.started = None;
+            Ok(())
+        }
+    }
+
+    fn shrink_due(&self) -> bool {
+        self.large_seen && self.scan.at_boundary() && self.scan.ends == self.returned
+    }
+}
+
+impl Drop for Intake {
+    /// Bytes of messages never returned (the connection ended in one) are given back.
+    fn drop(&mut self) {
+        self.limits.bytes.give_back(self.pending);
+    }
+}
+
+/// Where the bytes read so far stand in the sequence of frames. It follows only the
+/// headers (payloads are skipped by length) and never fails: the reader itself
+/// refuses what is malformed.
+#[derive(Default)]
+struct FrameScan {
+    /// The header being read, `have` bytes of it so far.
+    head: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame not read yet, once its header is complete.
+    left: u64,
+    in_payload: bool,
+    /// The current frame ends a message: a control frame, or a data frame with FIN.
+    ends_message: bool,
+    /// The current frame is a data frame of at least `LARGE_FRAME` bytes.
+    large: bool,
+    /// A data message has begun and not ended.
+    in_message: bool,
+    /// Bytes its frames declared so far.
+    message_len: u64,
+    /// Frames seen whole that end a message (each becomes one `read` result).
+    ends: u64,
+}
+
+/// A frame header, as [`FrameScan`] saw it.
+struct Header {
+    control: bool,
+    len: u64,
+    /// Bytes the frames of its message have declared so far, this one included.
+    message_len: u64,
+}
+
+impl FrameScan {
+    /// Follow `bytes`, calling `on_header` for each complete frame header.
+    fn feed<E>(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_header: impl FnMut(&Header) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while !bytes.is_empty() {
+            if self.in_payload {
+                let step = self.left.min(bytes.len() as u64);
+                self.left -= step;
+                bytes = &bytes[step as usize..];
+                if self.left == 0 {
+                    self.end_frame();
+                }
+                continue;
+            }
+            let need = self.head_len();
+            let take = (need - self.have).min(bytes.len());
+            self.head[self.have..self.have + take].copy_from_slice(&bytes[..take]);
+            self.have += take;
+            bytes = &bytes[take..];
+            if self.have < self.head_len() {
+                continue;
+            }
+            let header = self.start_frame();
+            on_header(&header)?;
+            if self.left == 0 {
+                self.end_frame();
+            }
+        }
+        Ok(())
+    }
+
+    /// The length of the header being read, as far as its bytes so far tell.
+    fn head_len(&self) -> usize {
+        if self.have < 2 {
+            return 2;
+        }
+        let ext = match self.head[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + ext + mask
+    }
+
+    fn start_frame(&mut self) -> Header {
+        let len = match self.head[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+            127 => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or_default()),
+            n => u64::from(n),
+        };
+        let fin = self.head[0] & 0x80 != 0;
+        let opcode = self.head[0] & 0x0f;
+        let control = opcode & 0x08 != 0;
+        self.have = 0;
+        self.left = len;
+        self.in_payload = true;
+        self.large = !control && len >= LARGE_FRAME as u64;
+        if control {
+            self.ends_message = true;
+        } else {
+            if opcode != 0 {
+                self.in_message = true;
+                self.message_len = 0;
+            }
+            self.message_len = self.message_len.saturating_add(len);
+            self.ends_message = fin;
+        }
+        Header {
+            control,
+            len,
+            message_len: if control { len } else { self.message_len },
+        }
+    }
+
+    fn end_frame(&mut self) {
+        self.in_payload = false;
+        self.large = false;
+        if self.ends_message {
+            self.ends += 1;
+            if self.head[0] & 0x08 == 0 {
+                self.in_message = false;
+            }
+        }
+    }
+
+    /// Payload bytes left of the current frame, if it is a large one.
+    fn large_left(&self) -> Option<u64> {
+        (self.in_payload && self.large).then_some(self.left)
+    }
+
+    /// Inside a message: a data message begun, or any frame's header begun.
+    fn mid_message(&self) -> bool {
+        self.in_message || self.have > 0
+    }
+
+    /// Between frames, with no byte of the next one read.
+    fn at_boundary(&self) -> bool {
+        !self.in_payload && self.have == 0
     }
 }
 

@@ -87,7 +87,25 @@ pub struct ServerConfig {
     /// registered. Default `false`: such a client gets an empty namespace, as in
     /// rpc-websockets.
     pub refuse_unknown_namespaces: bool,
+    /// How long a message may take to arrive, from its first byte to its last (its
+    /// frames and whatever the client sends between them). A client slower than that
+    /// is closed with code 1008, "message took too long"; heartbeat pongs do not count
+    /// as progress. Default 20 s; `None` waits forever.
+    pub message_timeout: Option<Duration>,
+    /// Bytes of incoming messages that the connections from one client address may
+    /// hold at once: messages being received, and those whose handler is still
+    /// running. Each connection's first 16 KiB are not counted. The connection whose
+    /// message would pass it is closed with code 1013 at the message's frame header,
+    /// before its payload is read. Default 64 MiB.
+    pub max_message_bytes_per_ip: usize,
+    /// The same budget for all connections together. Default 512 MiB.
+    pub max_message_bytes: usize,
 }
+
+/// Bytes of incoming messages each connection holds without counting them against
+/// `max_message_bytes_per_ip` and `max_message_bytes`: everyday calls never touch the
+/// shared counts.
+pub(crate) const FREE_MESSAGE_BYTES: usize = 16 << 10;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -111,6 +129,9 @@ impl Default for ServerConfig {
             max_batch_size: 1_000,
             allowed_origins: None,
             refuse_unknown_namespaces: false,
+            message_timeout: Some(Duration::from_secs(20)),
+            max_message_bytes_per_ip: 64 << 20,
+            max_message_bytes: 512 << 20,
         }
     }
 }

@@ -338,7 +338,11 @@ impl Server {
     /// Open connections, and how often each protection of the server kicked in.
     pub fn stats(&self) -> Stats {
         let open = self.shared.admission.open_connections();
-        Stats::read(&self.shared.counters, open)
+        Stats::read(
+            &self.shared.counters,
+            open,
+            self.shared.admission.held_bytes(),
+        )
     }
 
     /// The byte stream of an accepted connection: TLS if the server serves TLS.
