@@ -895,6 +895,87 @@ mod tests {
         );
     }
 
+    /// A masked client frame header: FIN and opcode, payload length.
+    fn head(first: u8, len: u64) -> Vec<u8> {
+        let mut out = vec![first];
+        match len {
+            0..=125 => out.push(0x80 | len as u8),
+            126..=0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&[1, 2, 3, 4]);
+        out
+    }
+
+    /// Feed `bytes` in pieces of `step`; the headers seen, as (control, len, message_len).
+    fn scan(scan: &mut FrameScan, bytes: &[u8], step: usize) -> Vec<(bool, u64, u64)> {
+        let mut seen = Vec::new();
+        for piece in bytes.chunks(step) {
+            let _ = scan.feed(piece, |h| {
+                seen.push((h.control, h.len, h.message_len));
+                Ok::<(), ()>(())
+            });
+        }
+        seen
+    }
+
+    #[test]
+    fn frame_scan_follows_headers_however_the_bytes_are_cut() {
+        let mut stream = head(0x81, 3);
+        stream.extend_from_slice(b"abc");
+        stream.extend(head(0x02, 200)); // a binary message begins, in fragments
+        stream.extend(vec![0; 200]);
+        stream.extend(head(0x89, 0)); // a ping between them
+        stream.extend(head(0x80, 70_000)); // the last fragment
+        stream.extend(vec![0; 70_000]);
+        for step in [1, 2, 7, 1000, stream.len()] {
+            let mut s = FrameScan::default();
+            let seen = scan(&mut s, &stream, step);
+            assert_eq!(
+                seen,
+                [
+                    (false, 3, 3),
+                    (false, 200, 200),
+                    (true, 0, 0),
+                    (false, 70_000, 70_200)
+                ],
+                "step {step}"
+            );
+            assert_eq!(s.ends, 3, "a text message, a ping, a binary message");
+            assert!(s.at_boundary() && !s.mid_message());
+        }
+    }
+
+    #[test]
+    fn frame_scan_knows_a_message_in_progress_and_what_is_left_of_a_large_frame() {
+        let mut s = FrameScan::default();
+        let mut bytes = head(0x01, 10);
+        bytes.extend_from_slice(b"12345");
+        scan(&mut s, &bytes, 3);
+        assert!(s.mid_message() && !s.at_boundary());
+        assert_eq!(s.large_left(), None, "a small frame is not capped");
+        scan(&mut s, b"67890", 5);
+        assert!(s.mid_message(), "no FIN: the message goes on");
+        assert_eq!(s.ends, 0);
+        scan(&mut s, &head(0x80, 100_000), 100);
+        assert_eq!(s.large_left(), Some(100_000));
+        scan(&mut s, &[0; 99_999], 4096);
+        assert_eq!(s.large_left(), Some(1));
+        scan(&mut s, &[0], 1);
+        assert_eq!((s.large_left(), s.ends, s.mid_message()), (None, 1, false));
+        scan(&mut s, &[0x81], 1);
+        assert!(s.mid_message(), "a header begun");
+        let mut s = FrameScan::default();
+        scan(&mut s, &head(0x82, u64::MAX), 3);
+        assert_eq!(s.large_left(), Some(u64::MAX), "no overflow");
+    }
+
     #[test]
     fn reasons_are_cut_to_fit_a_control_frame() {
         assert_eq!(truncate_reason("short"), "short");

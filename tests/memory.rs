@@ -16,6 +16,8 @@ fn exclusive() -> MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+const OP_PONG: u8 = 0xA;
+
 fn server_with(config: ServerConfig) -> Server {
     common::start_with(Server::builder().config(config))
 }
@@ -81,5 +83,181 @@ fn an_idle_connection_gives_back_the_buffer_of_a_large_message() {
         "an idle connection holds {per_used} KiB after one 4 MiB message ({per_fresh} KiB fresh)"
     );
     drop((warm, fresh, used));
+    server.close();
+}
+
+/// A config with a short `message_timeout`.
+fn message_timeout(ms: u64) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.message_timeout = Some(Duration::from_millis(ms));
+    config
+}
+
+/// Send `pieces` one by one, `gap` apart, until the server ends the connection or they
+/// run out; then the close code the server sent, and how long after the first piece.
+fn dribble(wire: &mut Wire, pieces: &[Vec<u8>], gap: Duration) -> (Option<u16>, Duration) {
+    let start = Instant::now();
+    for piece in pieces {
+        if wire.send(piece).is_err() {
+            break;
+        }
+        std::thread::sleep(gap);
+    }
+    (wire.recv_close(), start.elapsed())
+}
+
+#[test]
+fn a_message_slower_than_message_timeout_is_closed_with_1008_whatever_else_arrives() {
+    let _one = exclusive();
+    let server = server_with(message_timeout(300));
+    let gap = Duration::from_millis(30);
+    let pong = ws_frame(OP_PONG, true, b"");
+    // A fragmented message whose next fragment never comes, kept company by pongs.
+    let mut wire = Wire::connect(&server, "/");
+    let mut pieces = vec![ws_frame(OP_TEXT, false, b"[1,")];
+    pieces.extend(std::iter::repeat_n(pong.clone(), 100));
+    let (code, took) = dribble(&mut wire, &pieces, gap);
+    assert_eq!(code, Some(1008), "pongs kept the fragmented message alive");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    // One frame whose bytes trickle in.
+    let frame = ws_frame(OP_TEXT, true, &big_request(200));
+    let mut wire = Wire::connect(&server, "/");
+    let pieces: Vec<Vec<u8>> = frame.chunks(2).map(<[u8]>::to_vec).collect();
+    let (code, took) = dribble(&mut wire, &pieces, gap);
+    assert_eq!(code, Some(1008), "a trickled frame");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    assert!(wait_until(|| server.stats().messages_timed_out == 2));
+    // A message that arrives in time is answered.
+    let mut wire = Wire::connect(&server, "/");
+    let frame = ws_frame(OP_TEXT, true, &big_request(64));
+    let pieces: Vec<Vec<u8>> = frame.chunks(16).map(<[u8]>::to_vec).collect();
+    for piece in &pieces {
+        wire.send(piece).unwrap();
+        std::thread::sleep(gap);
+    }
+    let reply = wire.read_frame().expect("a reply");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("-32601"));
+    assert_eq!(server.stats().messages_timed_out, 2);
+    server.close();
+}
+
+#[test]
+fn a_message_that_stops_arriving_is_timed_out_without_heartbeats() {
+    let _one = exclusive();
+    let mut config = message_timeout(200);
+    config.ping_interval = None;
+    config.peer_timeout = None;
+    let server = server_with(config);
+    let mut wire = Wire::connect(&server, "/");
+    let frame = ws_frame(OP_TEXT, true, &big_request(100));
+    wire.send(&frame[..20]).unwrap();
+    let start = Instant::now();
+    assert_eq!(wire.recv_close(), Some(1008));
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(wait_until(|| server.stats().messages_timed_out == 1));
+    server.close();
+
+    // No limit at all: the largest timeout works (and waits).
+    let mut config = message_timeout(0);
+    config.message_timeout = Some(Duration::MAX);
+    config.ping_interval = None;
+    config.peer_timeout = None;
+    let server = server_with(config);
+    let mut wire = Wire::connect(&server, "/");
+    wire.send(&frame[..20]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    wire.send(&frame[20..]).unwrap();
+    let reply = wire.read_frame().expect("a reply");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("-32601"));
+    server.close();
+}
+
+/// A config with small message budgets: 1 MiB per address, `total` in all.
+fn budgets(per_ip: usize, total: usize) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.max_message_bytes_per_ip = per_ip;
+    config.max_message_bytes = total;
+    config
+}
+
+/// The header (and mask) of a masked text frame of `len` bytes, and `sent` bytes of it.
+fn begun_frame(len: usize, sent: usize) -> Vec<u8> {
+    let mut out = vec![0x81];
+    common::ws_length(&mut out, 0x80, len as u64);
+    out.extend_from_slice(&[0; 4]);
+    out.extend(std::iter::repeat_n(b' ', sent));
+    out
+}
+
+#[test]
+fn messages_past_the_per_address_budget_are_refused_at_their_header_with_1013() {
+    let _one = exclusive();
+    let server = server_with(budgets(1 << 20, 64 << 20));
+    // One frame larger than the budget: refused before its payload is sent.
+    let mut wire = Wire::connect(&server, "/");
+    wire.send(&begun_frame(2 << 20, 0)).unwrap();
+    assert_eq!(wire.recv_close(), Some(1013));
+    // Two connections each receiving 600 KiB: the second passes the budget.
+    let mut first = Wire::connect(&server, "/");
+    first.send(&begun_frame(600 << 10, 1000)).unwrap();
+    assert!(wait_until(|| server.stats().message_bytes > 500 << 10));
+    let mut second = Wire::connect(&server, "/");
+    second.send(&begun_frame(600 << 10, 1000)).unwrap();
+    assert_eq!(second.recv_close(), Some(1013));
+    assert!(wait_until(|| server.stats().over_message_budget == 2));
+    // The first goes on and is answered (its spaces are no JSON); then nothing is
+    // counted any more.
+    first.send(&vec![b' '; (600 << 10) - 1000]).unwrap();
+    let reply = first.read_frame().expect("a reply");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("-32700"));
+    assert!(wait_until(|| server.stats().message_bytes == 0));
+    assert_eq!(server.stats().over_message_budget, 2);
+    server.close();
+}
+
+#[test]
+fn messages_past_the_server_wide_budget_are_refused_with_1013() {
+    let _one = exclusive();
+    let server = server_with(budgets(64 << 20, 1 << 20));
+    let mut first = Wire::connect(&server, "/");
+    first.send(&begun_frame(600 << 10, 10)).unwrap();
+    assert!(wait_until(|| server.stats().message_bytes > 500 << 10));
+    let mut second = Wire::connect(&server, "/");
+    second.send(&begun_frame(600 << 10, 10)).unwrap();
+    assert_eq!(second.recv_close(), Some(1013));
+    drop(first);
+    assert!(wait_until(|| server.stats().message_bytes == 0));
+    assert_eq!(server.stats().over_message_budget, 1);
+    server.close();
+}
+
+#[test]
+fn a_message_counts_until_its_handler_returns() {
+    let _one = exclusive();
+    let server = server_with(budgets(1 << 20, 64 << 20));
+    let (release, held) = crossbeam_channel::bounded::<()>(0);
+    server.register("hold", move |_: serde_json::Value, _| {
+        let _ = held.recv_timeout(DEADLINE);
+        Ok(true)
+    });
+    let mut wire = Wire::connect(&server, "/");
+    let call = |size: usize| {
+        let head = r#"{"jsonrpc":"2.0","method":"hold","id":1,"params":[""#;
+        let mut text = head.as_bytes().to_vec();
+        text.resize(size - 3, b'x');
+        text.extend_from_slice(br#""]}"#);
+        ws_frame(OP_TEXT, true, &text)
+    };
+    wire.send(&call(600 << 10)).unwrap();
+    // The handler runs; the connection reads on in another thread.
+    assert!(wait_until(|| server.stats().message_bytes > 500 << 10));
+    wire.send(&call(600 << 10)).unwrap();
+    assert_eq!(
+        wire.recv_close(),
+        Some(1013),
+        "the held message was not counted"
+    );
+    drop(release);
+    assert!(wait_until(|| server.stats().message_bytes == 0));
     server.close();
 }
