@@ -477,7 +477,9 @@ impl ConnStream {
     }
 
     /// Whether a large frame came in since the reader was built and the reader now
-    /// holds no bytes it has not returned: the time to rebuild it, small.
+    /// holds nothing: no byte it has not returned, no message begun, no pong to send.
+    /// Asked right after `read` returned a data message (it sent any pong owed before
+    /// reading that message's last frame): the time to rebuild the reader, small.
     pub(crate) fn shrink_due(&self) -> bool {
         self.intake.as_ref().is_some_and(|i| i.shrink_due())
     }
@@ -679,7 +681,10 @@ impl Intake {
     }
 
     fn shrink_due(&self) -> bool {
-        self.large_seen && self.scan.at_boundary() && self.scan.ends == self.returned
+        self.large_seen
+            && self.scan.at_boundary()
+            && !self.scan.in_message
+            && self.scan.ends == self.returned
     }
 }
 

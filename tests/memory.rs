@@ -261,3 +261,104 @@ fn a_message_counts_until_its_handler_returns() {
     assert!(wait_until(|| server.stats().message_bytes == 0));
     server.close();
 }
+
+/// Resident memory added by `n` connections that each send `bytes` of a message in
+/// frames of `fragment` bytes and leave it unfinished, per byte sent.
+fn unfinished_cost(server: &Server, n: usize, bytes: usize, fragment: usize) -> f64 {
+    let mut frames = Vec::new();
+    let chunk = vec![b' '; fragment];
+    for i in 0..bytes / fragment {
+        let opcode = if i == 0 {
+            OP_TEXT
+        } else {
+            common::OP_CONTINUATION
+        };
+        frames.extend(ws_frame(opcode, false, &chunk));
+    }
+    let before = settled_rss_kib();
+    let mut wires: Vec<Wire> = (0..n).map(|_| Wire::connect(server, "/")).collect();
+    for wire in &mut wires {
+        wire.send(&frames).unwrap();
+        // The pong says the server has read all that came before its ping.
+        wire.send(&ws_frame(common::OP_PING, true, b"")).unwrap();
+        let got = wire.read_frame();
+        assert_eq!(
+            got.as_ref().map(|f| f.opcode),
+            Some(OP_PONG),
+            "{:?}",
+            server.stats()
+        );
+    }
+    drop(frames);
+    let sent = (n * bytes) as u64;
+    let grown = settled_rss_kib().saturating_sub(before);
+    drop(wires);
+    assert!(wait_until(|| server.stats().connections == 0));
+    (grown << 10) as f64 / sent as f64
+}
+
+#[test]
+#[ignore = "a measurement: cargo test --test memory -- --ignored --nocapture"]
+fn measure_unfinished_messages() {
+    let _one = exclusive();
+    let server = server_with(budgets(1 << 30, 1 << 30));
+    let fragments = match std::env::var("FRAGMENT") {
+        Ok(size) => vec![size.parse().expect("FRAGMENT: a number of bytes")],
+        Err(_) => vec![4 << 10, 64 << 10, 1 << 20, 8 << 20],
+    };
+    for fragment in fragments {
+        let cost = unfinished_cost(&server, 8, 8 << 20, fragment);
+        eprintln!("8 x 8 MiB unfinished in frames of {fragment} bytes: {cost:.2}x their bytes");
+    }
+    server.close();
+}
+
+#[test]
+fn a_large_message_in_fragments_with_pings_between_them_is_answered_whole() {
+    let _one = exclusive();
+    let server = server_with(ServerConfig::default());
+    let mut wire = Wire::connect(&server, "/");
+    // The last fragment is small: it comes in one read with the ping after it.
+    let request = big_request((200 << 10) + 40);
+    let (first, rest) = request.split_at(100 << 10);
+    let (second, last) = rest.split_at(100 << 10);
+    let mut bytes = ws_frame(OP_TEXT, false, first);
+    bytes.extend(ws_frame(common::OP_PING, true, b"1"));
+    bytes.extend(ws_frame(common::OP_CONTINUATION, false, second));
+    bytes.extend(ws_frame(common::OP_PING, true, b"2"));
+    bytes.extend(ws_frame(common::OP_CONTINUATION, true, last));
+    bytes.extend(ws_frame(common::OP_PING, true, b"3"));
+    // Twice: the second time after the reader was rebuilt small.
+    for _ in 0..2 {
+        wire.send(&bytes).unwrap();
+        for expected in [b"1", b"2"] {
+            let pong = wire.read_frame().expect("a pong");
+            assert_eq!((pong.opcode, &pong.payload[..]), (OP_PONG, &expected[..]));
+        }
+        let reply = wire.read_frame().expect("a reply");
+        assert!(String::from_utf8_lossy(&reply.payload).contains("-32601"));
+        let pong = wire.read_frame().expect("a pong");
+        assert_eq!((pong.opcode, &pong.payload[..]), (OP_PONG, &b"3"[..]));
+    }
+    // A message whose first fragment came in the same read as the end of the one
+    // before, after a large one: nothing of it is lost.
+    let small = big_request(100);
+    let large = big_request((100 << 10) + 60);
+    let mut bytes = ws_frame(OP_TEXT, false, &large[..100 << 10]);
+    bytes.extend(ws_frame(common::OP_CONTINUATION, true, &large[100 << 10..]));
+    bytes.extend(ws_frame(OP_TEXT, true, &small));
+    bytes.extend(ws_frame(OP_TEXT, false, &small[..50]));
+    wire.send(&bytes).unwrap();
+    for _ in 0..2 {
+        let reply = wire.read_frame().expect("a reply");
+        assert!(String::from_utf8_lossy(&reply.payload).contains("-32601"));
+    }
+    wire.send(&ws_frame(common::OP_CONTINUATION, true, &small[50..]))
+        .unwrap();
+    let reply = wire
+        .read_frame()
+        .expect("a reply to the message in fragments");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("-32601"));
+    assert_eq!(server.stats().protocol_errors, 0);
+    server.close();
+}

@@ -446,9 +446,6 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
         };
         // The bytes of a data message stay counted until it is answered.
         let held = reader.get_mut().took(&message);
-        if reader.get_ref().shrink_due() {
-            reader = shrink(reader);
-        }
         let (payload, binary): (&[u8], bool) = match &message {
             Message::Text(text) => (text.as_bytes(), false),
             Message::Binary(bytes) => (bytes, true),
@@ -459,6 +456,9 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
             }
             _ => continue,
         };
+        if reader.get_ref().shrink_due() {
+            reader = shrink(reader);
+        }
         conn.park(&server, reader);
         answer(&server, &conn, &mut view, binary, payload);
         if let Some(budget) = &budget {
