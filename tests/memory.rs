@@ -362,3 +362,53 @@ fn a_large_message_in_fragments_with_pings_between_them_is_answered_whole() {
     assert_eq!(server.stats().protocol_errors, 0);
     server.close();
 }
+
+/// The hardening issue's scenario: 200 connections from one address each send one
+/// 8 MiB message at once, then idle; resident memory 5 s later.
+#[test]
+#[ignore = "a measurement: cargo test --test memory -- --ignored --nocapture"]
+fn measure_200_connections_sending_8_mib_each() {
+    let _one = exclusive();
+    let server = common::start();
+    let frame = std::sync::Arc::new(ws_frame(OP_TEXT, true, &big_request(8 << 20)));
+    let before = settled_rss_kib();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let senders: Vec<_> = (0..200)
+        .map(|_| {
+            let (server_addr, frame) = (server.local_addr(), frame.clone());
+            let _ = server_addr;
+            let mut wire = Wire::connect(&server, "/");
+            std::thread::spawn(move || {
+                let sent = wire.send(&frame).is_ok();
+                let answered = sent
+                    && wire
+                        .read_frame()
+                        .is_some_and(|f| f.opcode == OP_TEXT);
+                (wire, answered)
+            })
+        })
+        .collect();
+    let watching = {
+        let peak = peak.clone();
+        std::thread::spawn(move || {
+            for _ in 0..400 {
+                peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        })
+    };
+    let results: Vec<(Wire, bool)> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    let answered = results.iter().filter(|(_, a)| *a).count();
+    std::thread::sleep(Duration::from_secs(5));
+    let later = rss_kib();
+    watching.join().unwrap();
+    eprintln!(
+        "200 x 8 MiB: {answered} answered; RSS {} MiB before, peak {} MiB, {} MiB 5 s later; {:?}",
+        before >> 10,
+        peak.load(std::sync::atomic::Ordering::Relaxed) >> 10,
+        later >> 10,
+        server.stats()
+    );
+    drop(results);
+    server.close();
+}
