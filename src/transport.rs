@@ -470,6 +470,11 @@ impl ConnStream {
             Message::Text(_) | Message::Binary(_) => {
                 let n = message.len().min(intake.pending);
                 intake.pending -= n;
+                // The reader gave up the buffer of its fragments.
+                intake
+                    .limits
+                    .bytes
+                    .give_back(std::mem::take(&mut intake.copy));
                 n
             }
             _ => 0,
@@ -597,6 +602,10 @@ struct Intake {
     limits: IntakeLimits,
     /// Bytes counted for frames whose message `read` has not returned yet.
     pending: usize,
+    /// Bytes counted for the read buffer of a message in fragments: tungstenite copies
+    /// each fragment out of it into the message, and keeps it at the size of the
+    /// largest fragment until the message is whole.
+    copy: usize,
     /// When the message being received began (only once it spans reads).
     started: Option<Instant>,
     cutoff: Option<Cutoff>,
@@ -612,6 +621,7 @@ impl Intake {
             scan: FrameScan::default(),
             limits,
             pending: 0,
+            copy: 0,
             started: None,
             cutoff: None,
             returned: 0,
@@ -641,6 +651,7 @@ impl Intake {
     fn follow(&mut self, bytes: &[u8], now: Instant) -> io::Result<()> {
         let limits = &self.limits;
         let pending = &mut self.pending;
+        let copy = &mut self.copy;
         let large_seen = &mut self.large_seen;
         let verdict = self.scan.feed(bytes, |head| {
             if head.control {
@@ -660,7 +671,12 @@ impl Intake {
             let len = head.len as usize;
             *large_seen |= len >= LARGE_FRAME;
             *pending += len;
-            if limits.bytes.take(len) {
+            let mut within = limits.bytes.take(len);
+            if !head.fin && len >= LARGE_FRAME && len > *copy {
+                within &= limits.bytes.take(len - *copy);
+                *copy = len;
+            }
+            if within {
                 Ok(())
             } else {
                 Err(Cutoff::OverBudget)
@@ -691,7 +707,7 @@ impl Intake {
 impl Drop for Intake {
     /// Bytes of messages never returned (the connection ended in one) are given back.
     fn drop(&mut self) {
-        self.limits.bytes.give_back(self.pending);
+        self.limits.bytes.give_back(self.pending + self.copy);
     }
 }
 
@@ -721,6 +737,7 @@ struct FrameScan {
 /// A frame header, as [`FrameScan`] saw it.
 struct Header {
     control: bool,
+    fin: bool,
     len: u64,
     /// Bytes the frames of its message have declared so far, this one included.
     message_len: u64,
@@ -799,6 +816,7 @@ impl FrameScan {
         }
         Header {
             control,
+            fin,
             len,
             message_len: if control { len } else { self.message_len },
         }

@@ -380,10 +380,7 @@ fn measure_200_connections_sending_8_mib_each() {
             let mut wire = Wire::connect(&server, "/");
             std::thread::spawn(move || {
                 let sent = wire.send(&frame).is_ok();
-                let answered = sent
-                    && wire
-                        .read_frame()
-                        .is_some_and(|f| f.opcode == OP_TEXT);
+                let answered = sent && wire.read_frame().is_some_and(|f| f.opcode == OP_TEXT);
                 (wire, answered)
             })
         })
@@ -410,5 +407,38 @@ fn measure_200_connections_sending_8_mib_each() {
         server.stats()
     );
     drop(results);
+    server.close();
+}
+
+#[test]
+fn a_message_in_large_fragments_also_counts_the_buffer_it_is_copied_from() {
+    let _one = exclusive();
+    let server = server_with(budgets(1 << 20, 64 << 20));
+    let request = big_request((300 << 10) + 40);
+    let mut wire = Wire::connect(&server, "/");
+    wire.send(&ws_frame(OP_TEXT, false, &request[..300 << 10]))
+        .unwrap();
+    wire.send(&ws_frame(common::OP_PING, true, b"")).unwrap();
+    assert_eq!(wire.read_frame().map(|f| f.opcode), Some(OP_PONG));
+    let counted = server.stats().message_bytes;
+    assert_eq!(
+        counted,
+        (600 << 10) - (16 << 10),
+        "the fragment and its copy"
+    );
+    wire.send(&ws_frame(
+        common::OP_CONTINUATION,
+        true,
+        &request[300 << 10..],
+    ))
+    .unwrap();
+    let reply = wire.read_frame().expect("a reply");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("-32601"));
+    assert!(wait_until(|| server.stats().message_bytes == 0));
+    // 600 KiB in one fragment: 1.2 MiB, past the budget (in one frame it is not).
+    let mut fragment = begun_frame(600 << 10, 0);
+    fragment[0] = 0x01;
+    wire.send(&fragment).unwrap();
+    assert_eq!(wire.recv_close(), Some(1013));
     server.close();
 }
