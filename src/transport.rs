@@ -670,7 +670,7 @@ impl Intake {
             }
             let len = head.len as usize;
             *large_seen |= len >= LARGE_FRAME;
-            *pending += len;
+            *pending = pending.saturating_add(len);
             let mut within = limits.bytes.take(len);
             if !head.fin && len >= LARGE_FRAME && len > *copy {
                 within &= limits.bytes.take(len - *copy);

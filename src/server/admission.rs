@@ -125,7 +125,7 @@ impl MessageBudget for MessageBytes {
             return;
         }
         let old = self.held.fetch_sub(n, Ordering::SeqCst);
-        let freed = self.counted(old) - self.counted(old - n);
+        let freed = self.counted(old) - self.counted(old.saturating_sub(n));
         if freed > 0 {
             self.admission.uncharge(self.ip, freed);
         }
