@@ -470,11 +470,6 @@ impl ConnStream {
             Message::Text(_) | Message::Binary(_) => {
                 let n = message.len().min(intake.pending);
                 intake.pending -= n;
-                // The reader gave up the buffer of its fragments.
-                intake
-                    .limits
-                    .bytes
-                    .give_back(std::mem::take(&mut intake.copy));
                 n
             }
             _ => 0,
@@ -532,6 +527,9 @@ impl Read for ConnStream {
         self.sink.flush().map_err(into_io)?;
         let mut buf = buf;
         if let Some(intake) = &mut self.intake {
+            if let Some(n) = intake.hand_over(buf) {
+                return Ok(n);
+            }
             intake.check_time(None)?;
             // A large frame's last read ends with it.
             if let Some(left) = intake.scan.large_left()
@@ -540,28 +538,40 @@ impl Read for ConnStream {
                 buf = &mut buf[..left as usize];
             }
         }
-        let n = loop {
-            // A signal delivered to this thread (a debugger, a profiler, the
-            // application's own) interrupts the wait; it is no reason to end the
-            // connection.
-            match self.sink.stream.read_before(buf, self.deadline) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    if let Some(intake) = &mut self.intake {
-                        intake.check_time(None)?;
+        loop {
+            let n = loop {
+                // A signal delivered to this thread (a debugger, a profiler, the
+                // application's own) interrupts the wait; it is no reason to end the
+                // connection.
+                match self.sink.stream.read_before(buf, self.deadline) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        if let Some(intake) = &mut self.intake {
+                            intake.check_time(None)?;
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
+                    Ok(n) => break n,
                 }
-                Ok(n) => break n,
+            };
+            if n == 0 {
+                return Ok(0);
             }
-        };
-        if n > 0 {
             self.heard = Instant::now();
-            if let Some(intake) = &mut self.intake {
-                intake.follow(&buf[..n], self.heard)?;
+            let Some(intake) = &mut self.intake else {
+                return Ok(n);
+            };
+            intake.follow(&buf[..n], self.heard)?;
+            if intake.scan.edits.is_empty() {
+                return Ok(n);
             }
+            // Rare: a header split over reads, or a frame handed over in chunks.
+            let n = intake.edit(buf, n);
+            if n > 0 {
+                return Ok(n);
+            }
+            // All of it held back (part of a header): read on.
         }
-        Ok(n)
     }
 }
 
@@ -602,10 +612,9 @@ struct Intake {
     limits: IntakeLimits,
     /// Bytes counted for frames whose message `read` has not returned yet.
     pending: usize,
-    /// Bytes counted for the read buffer of a message in fragments: tungstenite copies
-    /// each fragment out of it into the message, and keeps it at the size of the
-    /// largest fragment until the message is whole.
-    copy: usize,
+    /// Bytes for the reader that did not fit in its buffer (`out_at` of them given).
+    out: Vec<u8>,
+    out_at: usize,
     /// When the message being received began (only once it spans reads).
     started: Option<Instant>,
     cutoff: Option<Cutoff>,
@@ -621,7 +630,8 @@ impl Intake {
             scan: FrameScan::default(),
             limits,
             pending: 0,
-            copy: 0,
+            out: Vec::new(),
+            out_at: 0,
             started: None,
             cutoff: None,
             returned: 0,
@@ -651,19 +661,18 @@ impl Intake {
     fn follow(&mut self, bytes: &[u8], now: Instant) -> io::Result<()> {
         let limits = &self.limits;
         let pending = &mut self.pending;
-        let copy = &mut self.copy;
         let large_seen = &mut self.large_seen;
         let verdict = self.scan.feed(bytes, |head| {
             if head.control {
                 return if head.len > 125 {
                     Err(Cutoff::ControlTooBig)
                 } else {
-                    Ok(())
+                    Ok(false)
                 };
             }
             if head.len > limits.max_frame_size as u64 {
                 // The reader refuses it at its header (1009).
-                return Ok(());
+                return Ok(false);
             }
             if head.message_len > limits.max_message_size as u64 {
                 return Err(Cutoff::TooBig);
@@ -671,16 +680,11 @@ impl Intake {
             let len = head.len as usize;
             *large_seen |= len >= LARGE_FRAME;
             *pending = pending.saturating_add(len);
-            let mut within = limits.bytes.take(len);
-            if !head.fin && len >= LARGE_FRAME && len > *copy {
-                within &= limits.bytes.take(len - *copy);
-                *copy = len;
+            if !limits.bytes.take(len) {
+                return Err(Cutoff::OverBudget);
             }
-            if within {
-                Ok(())
-            } else {
-                Err(Cutoff::OverBudget)
-            }
+            // A fragment goes over in chunks; a message in one frame as it is.
+            Ok((!head.fin || head.continuation) && head.len > CHUNK)
         });
         if let Err(why) = verdict {
             return Err(self.cut(why));
@@ -696,8 +700,32 @@ impl Intake {
         }
     }
 
+    /// Bytes held back or made up by [`Intake::edit`] that the reader has not had:
+    /// copied into `buf`, if there are any.
+    fn hand_over(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let rest = self.out.get(self.out_at..).filter(|r| !r.is_empty())?;
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.out_at += n;
+        if self.out_at == self.out.len() {
+            self.out = Vec::new();
+            self.out_at = 0;
+        }
+        Some(n)
+    }
+
+    /// Apply the scan's edits to the `n` bytes just read into `buf`: the bytes for
+    /// the reader go into `buf`, what does not fit waits in `out`; how many are in
+    /// `buf` (0 if all were held back).
+    fn edit(&mut self, buf: &mut [u8], n: usize) -> usize {
+        self.out = apply(&self.scan.edits, &buf[..n]);
+        self.out_at = 0;
+        self.hand_over(buf).unwrap_or(0)
+    }
+
     fn shrink_due(&self) -> bool {
-        self.large_seen
+        self.out_at == self.out.len()
+            && self.large_seen
             && self.scan.at_boundary()
             && !self.scan.in_message
             && self.scan.ends == self.returned
@@ -707,7 +735,7 @@ impl Intake {
 impl Drop for Intake {
     /// Bytes of messages never returned (the connection ended in one) are given back.
     fn drop(&mut self) {
-        self.limits.bytes.give_back(self.pending + self.copy);
+        self.limits.bytes.give_back(self.pending);
     }
 }
 
@@ -732,49 +760,181 @@ struct FrameScan {
     message_len: u64,
     /// Frames seen whole that end a message (each becomes one `read` result).
     ends: u64,
+    /// The first header byte of the current frame, and its mask key.
+    first: u8,
+    mask: Option<[u8; 4]>,
+    /// The header being read is held back from the reader until it is whole (it may
+    /// be one to hand over in chunks).
+    withheld: bool,
+    /// The current frame goes to the reader in chunks of `CHUNK` bytes; `chunk_left`
+    /// of the current one are still to come, `chunked` once the first has gone.
+    split: bool,
+    chunk_left: u64,
+    chunked: bool,
+    /// How the bytes of the last `feed` must change on their way to the reader.
+    edits: Vec<Edit>,
 }
+
+/// A change to the bytes read, at offsets into them.
+#[derive(Debug, PartialEq)]
+enum Edit {
+    /// Put `bytes` (a frame header) in place of `start..end`.
+    Replace {
+        start: usize,
+        end: usize,
+        bytes: ([u8; 14], u8),
+    },
+    /// Hold back everything from `from` on: the start of a header not yet whole.
+    Withhold { from: usize },
+}
+
+/// `input` with `edits` applied.
+fn apply(edits: &[Edit], input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + 14 * edits.len());
+    let mut from = 0;
+    for edit in edits {
+        match *edit {
+            Edit::Replace { start, end, bytes } => {
+                out.extend_from_slice(&input[from..start]);
+                out.extend_from_slice(&bytes.0[..usize::from(bytes.1)]);
+                from = end;
+            }
+            Edit::Withhold { from: held } => {
+                out.extend_from_slice(&input[from..held]);
+                from = input.len();
+            }
+        }
+    }
+    out.extend_from_slice(&input[from..]);
+    out
+}
+
+/// Frames of a fragmented message reach the reader in chunks of at most this many
+/// bytes (a multiple of 4, so that each chunk starts at the same point of the mask):
+/// tungstenite buffers a whole frame before copying it into the message, and a large
+/// fragment would otherwise cost twice its size.
+const CHUNK: u64 = 64 << 10;
 
 /// A frame header, as [`FrameScan`] saw it.
 struct Header {
     control: bool,
     fin: bool,
+    /// A continuation frame.
+    continuation: bool,
     len: u64,
     /// Bytes the frames of its message have declared so far, this one included.
     message_len: u64,
 }
 
 impl FrameScan {
-    /// Follow `bytes`, calling `on_header` for each complete frame header.
+    /// Follow `bytes`, calling `on_header` for each complete frame header; it answers
+    /// whether to hand that frame to the reader in chunks. What must change in `bytes`
+    /// before the reader gets them is left in `edits`.
     fn feed<E>(
         &mut self,
-        mut bytes: &[u8],
-        mut on_header: impl FnMut(&Header) -> Result<(), E>,
+        bytes: &[u8],
+        mut on_header: impl FnMut(&Header) -> Result<bool, E>,
     ) -> Result<(), E> {
-        while !bytes.is_empty() {
+        self.edits.clear();
+        let mut at = 0;
+        while at < bytes.len() {
             if self.in_payload {
-                let step = self.left.min(bytes.len() as u64);
+                let mut step = self.left.min((bytes.len() - at) as u64);
+                if self.split {
+                    step = step.min(self.chunk_left);
+                }
                 self.left -= step;
-                bytes = &bytes[step as usize..];
+                at += step as usize;
+                if self.split {
+                    self.chunk_left -= step;
+                    if self.chunk_left == 0 && self.left > 0 {
+                        let bytes = self.chunk_header();
+                        self.edits.push(Edit::Replace {
+                            start: at,
+                            end: at,
+                            bytes,
+                        });
+                    }
+                }
                 if self.left == 0 {
                     self.end_frame();
                 }
                 continue;
             }
-            let need = self.head_len();
-            let take = (need - self.have).min(bytes.len());
-            self.head[self.have..self.have + take].copy_from_slice(&bytes[..take]);
-            self.have += take;
-            bytes = &bytes[take..];
+            let start = at;
+            // Twice at most: the first two bytes tell how long the header is.
+            loop {
+                let need = self.head_len();
+                let take = (need - self.have).min(bytes.len() - at);
+                self.head[self.have..self.have + take].copy_from_slice(&bytes[at..at + take]);
+                self.have += take;
+                at += take;
+                if self.have == self.head_len() || at == bytes.len() {
+                    break;
+                }
+            }
             if self.have < self.head_len() {
+                // The read ends inside a header. One that may announce a frame to
+                // split (its length is not known yet, or needs 8 bytes) waits.
+                if self.withheld || self.have < 2 || self.head[1] & 0x7f == 127 {
+                    self.withheld = true;
+                    self.edits.push(Edit::Withhold { from: start });
+                }
                 continue;
             }
+            let original = (self.head, self.have as u8);
+            let withheld = std::mem::take(&mut self.withheld);
             let header = self.start_frame();
-            on_header(&header)?;
+            if on_header(&header)? {
+                self.split = true;
+                let bytes = self.chunk_header();
+                self.edits.push(Edit::Replace {
+                    start,
+                    end: at,
+                    bytes,
+                });
+            } else if withheld {
+                self.edits.push(Edit::Replace {
+                    start,
+                    end: at,
+                    bytes: original,
+                });
+            }
             if self.left == 0 {
                 self.end_frame();
             }
         }
         Ok(())
+    }
+
+    /// The header of the next chunk of a split frame (`left` bytes of it to come).
+    fn chunk_header(&mut self) -> ([u8; 14], u8) {
+        let len = self.left.min(CHUNK);
+        let last = self.left <= CHUNK;
+        let opcode = if self.chunked { 0 } else { self.first & 0x0f };
+        let fin = if last { self.first & 0x80 } else { 0 };
+        let mut head = [0; 14];
+        head[0] = fin | (self.first & 0x70) | opcode;
+        let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
+        let mut n = 2;
+        if len <= 125 {
+            head[1] = mask_bit | len as u8;
+        } else if len <= 0xffff {
+            head[1] = mask_bit | 126;
+            head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            n = 4;
+        } else {
+            head[1] = mask_bit | 127;
+            head[2..10].copy_from_slice(&len.to_be_bytes());
+            n = 10;
+        }
+        if let Some(key) = self.mask {
+            head[n..n + 4].copy_from_slice(&key);
+            n += 4;
+        }
+        self.chunked = true;
+        self.chunk_left = len;
+        (head, n as u8)
     }
 
     /// The length of the header being read, as far as its bytes so far tell.
@@ -800,6 +960,16 @@ impl FrameScan {
         let fin = self.head[0] & 0x80 != 0;
         let opcode = self.head[0] & 0x0f;
         let control = opcode & 0x08 != 0;
+        self.first = self.head[0];
+        self.mask = (self.head[1] & 0x80 != 0).then(|| {
+            let at = self.have - 4;
+            [
+                self.head[at],
+                self.head[at + 1],
+                self.head[at + 2],
+                self.head[at + 3],
+            ]
+        });
         self.have = 0;
         self.left = len;
         self.in_payload = true;
@@ -817,6 +987,7 @@ impl FrameScan {
         Header {
             control,
             fin,
+            continuation: opcode == 0,
             len,
             message_len: if control { len } else { self.message_len },
         }
@@ -825,9 +996,11 @@ impl FrameScan {
     fn end_frame(&mut self) {
         self.in_payload = false;
         self.large = false;
+        self.split = false;
+        self.chunked = false;
         if self.ends_message {
             self.ends += 1;
-            if self.head[0] & 0x08 == 0 {
+            if self.first & 0x08 == 0 {
                 self.in_message = false;
             }
         }
@@ -942,7 +1115,7 @@ mod tests {
         for piece in bytes.chunks(step) {
             let _ = scan.feed(piece, |h| {
                 seen.push((h.control, h.len, h.message_len));
-                Ok::<(), ()>(())
+                Ok::<bool, ()>(false)
             });
         }
         seen
@@ -997,6 +1170,81 @@ mod tests {
         let mut s = FrameScan::default();
         scan(&mut s, &head(0x82, u64::MAX), 3);
         assert_eq!(s.large_left(), Some(u64::MAX), "no overflow");
+    }
+
+    /// What the reader gets for `bytes` read in pieces of `step`, frames over
+    /// `CHUNK` in fragmented messages split.
+    fn handed_over(bytes: &[u8], step: usize) -> Vec<u8> {
+        let mut s = FrameScan::default();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(step) {
+            let _ = s.feed(piece, |h| {
+                Ok::<bool, ()>(!h.control && (!h.fin || h.continuation) && h.len > CHUNK)
+            });
+            out.extend(apply(&s.edits, piece));
+        }
+        out
+    }
+
+    /// The frames in `bytes`: (first header byte, unmasked payload).
+    fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let (len, at) = match bytes[1] & 0x7f {
+                126 => (u64::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+                127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()), 10),
+                n => (u64::from(n), 2),
+            };
+            let key: [u8; 4] = bytes[at..at + 4].try_into().unwrap();
+            let payload = &bytes[at + 4..at + 4 + len as usize];
+            let plain = payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]);
+            out.push((bytes[0], plain.collect()));
+            bytes = &bytes[at + 4 + len as usize..];
+        }
+        out
+    }
+
+    /// A masked frame.
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [9, 8, 7, 6];
+        let mut out = head(first, payload.len() as u64);
+        let n = out.len();
+        out[n - 4..].copy_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    #[test]
+    fn large_fragments_are_handed_over_in_chunks_and_all_else_as_it_came() {
+        let big: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        let mut stream = frame(0x81, b"whole");
+        stream.extend(frame(0x01, &big)); // a first fragment
+        stream.extend(frame(0x89, b"ping"));
+        stream.extend(frame(0x80, &big)); // the last one
+        stream.extend(frame(0x82, &big)); // a message in one frame
+        for step in [1, 3, 14, 1000, 70_000, stream.len()] {
+            let got = frames(&handed_over(&stream, step));
+            let kinds: Vec<(u8, usize)> = got.iter().map(|(f, p)| (*f, p.len())).collect();
+            assert_eq!(
+                kinds,
+                [
+                    (0x81, 5),
+                    (0x01, 65536),
+                    (0x00, 65536),
+                    (0x00, 18928),
+                    (0x89, 4),
+                    (0x00, 65536),
+                    (0x00, 65536),
+                    (0x80, 18928),
+                    (0x82, 150_000)
+                ],
+                "step {step}"
+            );
+            let rejoined: Vec<u8> = got[1..4].iter().flat_map(|(_, p)| p.clone()).collect();
+            assert_eq!(rejoined, big, "step {step}");
+            let rejoined: Vec<u8> = got[5..8].iter().flat_map(|(_, p)| p.clone()).collect();
+            assert_eq!(rejoined, big, "step {step}");
+        }
     }
 
     #[test]
