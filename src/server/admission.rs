@@ -5,15 +5,19 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::lock;
+use crate::transport::MessageBudget;
 
 /// Open connections, in total and per address.
 #[derive(Default)]
 pub(crate) struct Admission {
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// Bytes of incoming messages counted against the budgets ([`MessageBytes`]), in
+    /// total and per address.
+    held: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
 /// Why a connection was not admitted.
@@ -57,6 +61,93 @@ impl Admission {
 
     pub(crate) fn open_connections(&self) -> usize {
         lock(&self.open).0
+    }
+
+    /// Bytes of incoming messages counted against the budgets now.
+    pub(crate) fn held_bytes(&self) -> usize {
+        lock(&self.held).0
+    }
+
+    /// Count `n` more bytes for `ip`; whether both budgets still hold. Counted even when
+    /// they do not: the connection is then closed, and gives them back as it ends.
+    fn charge(&self, ip: IpAddr, n: usize, budget: &Budget) -> bool {
+        let mut held = lock(&self.held);
+        let (total, per_ip) = &mut *held;
+        *total += n;
+        let mine = per_ip.entry(ip).or_insert(0);
+        *mine += n;
+        *total <= budget.total && *mine <= budget.per_address
+    }
+
+    fn uncharge(&self, ip: IpAddr, n: usize) {
+        let mut held = lock(&self.held);
+        let (total, per_ip) = &mut *held;
+        *total = total.saturating_sub(n);
+        if let Some(mine) = per_ip.get_mut(&ip) {
+            *mine = mine.saturating_sub(n);
+            if *mine == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// How many bytes of incoming messages the server holds at most: per connection
+/// without counting, then per client address and in total.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// Held by one connection without touching the shared counts (no lock for the
+    /// small messages of everyday calls).
+    pub free: usize,
+    pub per_address: usize,
+    pub total: usize,
+}
+
+/// The bytes of incoming messages one connection holds: counted from a frame's header
+/// (before its payload is buffered) until its message has been handled. What goes past
+/// [`Budget::free`] is counted against its address's budget and the server's.
+pub(crate) struct MessageBytes {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+    budget: Budget,
+    held: AtomicUsize,
+}
+
+impl MessageBudget for MessageBytes {
+    fn take(&self, n: usize) -> bool {
+        let old = self.held.fetch_add(n, Ordering::SeqCst);
+        let over = self.counted(old.saturating_add(n)) - self.counted(old);
+        over == 0 || self.admission.charge(self.ip, over, &self.budget)
+    }
+
+    fn give_back(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let old = self.held.fetch_sub(n, Ordering::SeqCst);
+        let freed = self.counted(old) - self.counted(old.saturating_sub(n));
+        if freed > 0 {
+            self.admission.uncharge(self.ip, freed);
+        }
+    }
+}
+
+impl MessageBytes {
+    /// The part of `held` counted against the shared budgets.
+    fn counted(&self, held: usize) -> usize {
+        held.saturating_sub(self.budget.free)
+    }
+}
+
+impl Slot {
+    /// The counter of this connection's message bytes, under `budget`.
+    pub(crate) fn message_bytes(&self, budget: Budget) -> Arc<MessageBytes> {
+        Arc::new(MessageBytes {
+            admission: self.admission.clone(),
+            ip: self.ip,
+            budget,
+            held: AtomicUsize::new(0),
+        })
     }
 }
 
@@ -104,6 +195,8 @@ pub(crate) struct Counters {
     pub writers_at_cap: AtomicU64,
     pub handoffs_at_cap: AtomicU64,
     pub refused_socket_id: AtomicU64,
+    pub messages_timed_out: AtomicU64,
+    pub over_message_budget: AtomicU64,
 }
 
 impl Counters {
@@ -149,10 +242,19 @@ pub struct Stats {
     /// Refused with HTTP 409: the `socket_id` asked for is held by an open connection
     /// of the namespace.
     pub refused_socket_id: u64,
+    /// Clients whose message took longer than `message_timeout` to arrive (close
+    /// code 1008).
+    pub messages_timed_out: u64,
+    /// Clients closed because their messages would have passed
+    /// `max_message_bytes_per_ip` or `max_message_bytes` (close code 1013).
+    pub over_message_budget: u64,
+    /// Bytes of incoming messages (being received or handled) counted against the
+    /// budgets now: what connections hold past their first 16 KiB each.
+    pub message_bytes: usize,
 }
 
 impl Stats {
-    pub(crate) fn read(counters: &Counters, connections: usize) -> Stats {
+    pub(crate) fn read(counters: &Counters, connections: usize, message_bytes: usize) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
             connections,
@@ -169,6 +271,9 @@ impl Stats {
             writers_at_cap: get(&counters.writers_at_cap),
             handoffs_at_cap: get(&counters.handoffs_at_cap),
             refused_socket_id: get(&counters.refused_socket_id),
+            messages_timed_out: get(&counters.messages_timed_out),
+            over_message_budget: get(&counters.over_message_budget),
+            message_bytes,
         }
     }
 }
@@ -203,5 +308,35 @@ mod tests {
             !lock(&admission.open).1.contains_key(&c),
             "a refused address left an entry"
         );
+    }
+
+    #[test]
+    fn message_bytes_past_the_free_share_count_against_address_and_server() {
+        let admission = Arc::new(Admission::default());
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let budget = Budget {
+            free: 10,
+            per_address: 100,
+            total: 150,
+        };
+        let slot_a = admission.admit(a, 10, 10).unwrap();
+        let (a1, a2) = (slot_a.message_bytes(budget), slot_a.message_bytes(budget));
+        let b1 = admission.admit(b, 10, 10).unwrap().message_bytes(budget);
+        assert!(a1.take(10), "the free share");
+        assert_eq!(admission.held_bytes(), 0);
+        assert!(a1.take(60));
+        assert!(a2.take(50));
+        assert_eq!(admission.held_bytes(), 100);
+        assert!(!a2.take(1), "past the address's budget");
+        assert!(b1.take(50));
+        assert!(!b1.take(20), "past the server's budget");
+        a2.give_back(51);
+        b1.give_back(70);
+        assert!(b1.take(60), "given back");
+        a1.give_back(70);
+        b1.give_back(60);
+        assert_eq!(admission.held_bytes(), 0);
+        assert!(lock(&admission.held).1.is_empty());
     }
 }

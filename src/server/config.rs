@@ -106,7 +106,25 @@ pub struct ServerConfig {
     /// only when that handler returns (counted in
     /// [`Stats::handoffs_at_cap`](super::Stats::handoffs_at_cap)). Default 256.
     pub max_handoff_threads: usize,
+    /// How long a message may take to arrive, from its first byte to its last (its
+    /// frames and whatever the client sends between them). A client slower than that
+    /// is closed with code 1008, "message took too long"; heartbeat pongs do not count
+    /// as progress. Default 20 s; `None` waits forever.
+    pub message_timeout: Option<Duration>,
+    /// Bytes of incoming messages that the connections from one client address may
+    /// hold at once: messages being received, and those whose handler is still
+    /// running. Each connection's first 16 KiB are not counted. The connection whose
+    /// message would pass it is closed with code 1013 at the message's frame header,
+    /// before its payload is read. Default 64 MiB.
+    pub max_message_bytes_per_ip: usize,
+    /// The same budget for all connections together. Default 512 MiB.
+    pub max_message_bytes: usize,
 }
+
+/// Bytes of incoming messages each connection holds without counting them against
+/// `max_message_bytes_per_ip` and `max_message_bytes`: everyday calls never touch the
+/// shared counts.
+pub(crate) const FREE_MESSAGE_BYTES: usize = 16 << 10;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -132,6 +150,9 @@ impl Default for ServerConfig {
             refuse_unknown_namespaces: false,
             max_writer_threads: 256,
             max_handoff_threads: 256,
+            message_timeout: Some(Duration::from_secs(20)),
+            max_message_bytes_per_ip: 64 << 20,
+            max_message_bytes: 512 << 20,
         }
     }
 }

@@ -14,12 +14,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
 use super::Server;
-use super::admission::{Counters, Slot};
+use super::admission::{Budget, Counters, Slot};
 use super::calls::{self, Session};
-use super::config::DisconnectInfo;
+use super::config::{DisconnectInfo, FREE_MESSAGE_BYTES};
 use super::dispatcher::Command;
 use super::handshake;
 use super::registry::View;
@@ -28,7 +29,9 @@ use crate::error::Error;
 use crate::lock;
 use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
-use crate::transport::{ConnStream, Idle, Sink, close_info, is_timeout, message};
+use crate::transport::{
+    ConnStream, Cutoff, Idle, IntakeLimits, Sink, close_info, is_timeout, message,
+};
 
 /// The reading half of a connection. Always boxed: it moves between threads and
 /// slots, and an idle connection's thread should keep its stack to two pages.
@@ -388,9 +391,14 @@ pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     }
     let opened = handshake::open(&server, key, stream);
     server.handshake_ended(key);
-    let Some((conn, reader, info)) = opened else {
+    let Some((conn, mut reader, info)) = opened else {
         return;
     };
+    // The limits hold even if the socket refuses the shorter read timeout (it never
+    // does on an open socket); a timed-out message is then noticed at the next tick.
+    let _ = reader
+        .get_mut()
+        .limit(intake_limits(&server, &slot), &server.config().heartbeat());
     *lock(&conn.slot) = Some(slot);
     if !server.register_connection(conn.clone()) {
         let _ = conn.sink.close(1001, "server shutting down");
@@ -405,6 +413,21 @@ pub(crate) fn serve(server: Server, stream: TcpStream, slot: Slot) {
     // goes on here.
     if let Err(reader) = read_on_new_thread(&server, conn.clone(), reader) {
         read_loop(server, conn, reader);
+    }
+}
+
+/// What this connection's messages may cost.
+fn intake_limits(server: &Server, slot: &Slot) -> IntakeLimits {
+    let config = server.config();
+    IntakeLimits {
+        bytes: slot.message_bytes(Budget {
+            free: FREE_MESSAGE_BYTES,
+            per_address: config.max_message_bytes_per_ip,
+            total: config.max_message_bytes,
+        }),
+        message_timeout: config.message_timeout,
+        max_message_size: config.max_message_size,
+        max_frame_size: config.max_frame_size.min(config.max_message_size),
     }
 }
 
@@ -431,27 +454,35 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
     let mut view = View::new(server.registry(), &conn.session.namespace);
     let mut peer_close = None;
     let heartbeat = server.config().heartbeat();
+    let budget = reader.get_ref().message_bytes();
     let error = loop {
         let message = match reader.read() {
             Ok(message) => message,
-            // The read timeout is the heartbeat's tick.
-            Err(e) if is_timeout(&e) => {
-                if reader.get_mut().idle(&heartbeat) == Idle::Dead {
-                    Counters::count(&server.counters().peers_timed_out);
-                    log::debug!("client {} timed out", conn.session.socket_id);
-                    conn.drop_connection(1006, "peer timed out");
-                    break tungstenite::Error::ConnectionClosed;
+            Err(e) => {
+                if let Some(cutoff) = reader.get_mut().take_cutoff() {
+                    cut_off(&server, &conn, cutoff);
+                    break e;
                 }
-                continue;
-            }
-            Err(e) if conn.sink.is_stalled() => {
-                log::debug!("client {} stopped reading", conn.session.socket_id);
-                Counters::count(&server.counters().peers_timed_out);
-                conn.drop_connection(1006, "peer timed out");
+                // The read timeout is the heartbeat's tick.
+                if is_timeout(&e) {
+                    if reader.get_mut().idle(&heartbeat) == Idle::Dead {
+                        Counters::count(&server.counters().peers_timed_out);
+                        log::debug!("client {} timed out", conn.session.socket_id);
+                        conn.drop_connection(1006, "peer timed out");
+                        break tungstenite::Error::ConnectionClosed;
+                    }
+                    continue;
+                }
+                if conn.sink.is_stalled() {
+                    log::debug!("client {} stopped reading", conn.session.socket_id);
+                    Counters::count(&server.counters().peers_timed_out);
+                    conn.drop_connection(1006, "peer timed out");
+                }
                 break e;
             }
-            Err(e) => break e,
         };
+        // The bytes of a data message stay counted until it is answered.
+        let held = reader.get_mut().took(&message);
         let (payload, binary): (&[u8], bool) = match &message {
             Message::Text(text) => (text.as_bytes(), false),
             Message::Binary(bytes) => (bytes, true),
@@ -462,8 +493,14 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
             }
             _ => continue,
         };
+        if reader.get_ref().shrink_due() {
+            reader = shrink(reader);
+        }
         conn.park(&server, reader);
         answer(&server, &conn, &mut view, binary, payload);
+        if let Some(budget) = &budget {
+            budget.give_back(held);
+        }
         match conn.unpark() {
             Some(back) => reader = back,
             None => {
@@ -479,6 +516,46 @@ fn read_loop(server: Server, conn: Arc<Conn>, mut reader: Reader) {
         }
     };
     finish(&server, &conn, peer_close, error);
+}
+
+/// The reader anew, with a small buffer: tungstenite keeps its read buffer at the
+/// largest frame it has read, and an idle connection should not hold on to that. Only
+/// when the reader holds no bytes it has not returned (`ConnStream::shrink_due`).
+#[inline(never)]
+fn shrink(reader: Reader) -> Reader {
+    let config = *reader.get_config();
+    let mut stream = (*reader).into_inner();
+    stream.shrunk();
+    Box::new(WebSocket::from_raw_socket(
+        stream,
+        Role::Server,
+        Some(config),
+    ))
+}
+
+/// Close a connection the reader stopped on purpose (`Cutoff`), and count it.
+#[inline(never)]
+fn cut_off(server: &Server, conn: &Conn, cutoff: Cutoff) {
+    let counters = server.counters();
+    let (counter, code, reason) = match cutoff {
+        Cutoff::TooSlow => (&counters.messages_timed_out, 1008, "message took too long"),
+        Cutoff::OverBudget => (
+            &counters.over_message_budget,
+            1013,
+            "too many message bytes in flight",
+        ),
+        Cutoff::TooBig => (&counters.oversized_messages, 1009, "message too big"),
+        Cutoff::ControlTooBig => (&counters.protocol_errors, 1002, "control frame too big"),
+    };
+    Counters::count(counter);
+    // Debug only: a client can make this happen as often as it connects.
+    log::debug!(
+        "closing client {} ({code}): {reason}",
+        conn.session.socket_id
+    );
+    // Not behind a writer blocked on this peer.
+    conn.sink.try_close(code, reason);
+    conn.drop_connection(code, reason);
 }
 
 /// Answer one request frame. Out of line: what handlers put on the stack stays out

@@ -463,7 +463,11 @@ impl Server {
     /// Open connections, and how often each protection of the server kicked in.
     pub fn stats(&self) -> Stats {
         let open = self.shared.admission.open_connections();
-        let mut stats = Stats::read(&self.shared.counters, open);
+        let mut stats = Stats::read(
+            &self.shared.counters,
+            open,
+            self.shared.admission.held_bytes(),
+        );
         stats.writer_threads = self.shared.writers.threads();
         stats.handoff_threads = self.shared.handoffs.running();
         stats
