@@ -31,15 +31,20 @@
 //!
 //! ## Errors
 //! Handlers return `Result<T, RpcError>`; any `std::error::Error` converts with `?`
-//! (code -32000, as rpc-websockets does for a thrown `Error`). The client returns
-//! [`Error`], whose [`Error::Rpc`] keeps the server's code, message and data.
+//! (code -32000, message `"Error"`, its text as data, as rpc-websockets does for a
+//! thrown `Error`). The client returns [`Error`], whose [`Error::Rpc`] keeps the
+//! server's code, message and data, and whose [`Error::Refused`] keeps the HTTP status of
+//! a refused handshake.
 //!
-//! ## Threads
+//! ## Threads and limits
 //! The server reads each connection on its own thread and answers calls there; one
 //! dispatcher thread owns subscriptions and fans events out through a bounded queue per
-//! connection, so a slow client is disconnected instead of holding anyone up. A handler
-//! that runs long does not delay the next requests of its connection: after
-//! [`ServerConfig::slow_call_threshold`] another thread takes over reading them.
+//! connection, drained by a pool of writer threads, so a slow client is cut off instead
+//! of holding anyone up. A handler that runs long does not delay the next requests of
+//! its connection: after [`ServerConfig::slow_call_threshold`] another thread takes over
+//! reading them. Every such thread, queue and buffer has a bound in [`ServerConfig`],
+//! with defaults meant for a server on the internet, and a counter in [`Stats`].
+//! [`Server::close`] returns within a deadline whatever handlers do.
 //!
 //! The wire protocol, for anyone writing a client or debugging a connection, and where
 //! wsrpc deliberately differs from rpc-websockets, is in `docs/PROTOCOL.md`, part of the

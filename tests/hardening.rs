@@ -421,3 +421,21 @@ fn a_client_refused_again_and_again_cannot_flood_the_log() {
     );
     server.close();
 }
+
+#[test]
+fn params_past_a_decoding_bound_are_refused_and_counted() {
+    let server = Server::bind("127.0.0.1:0").unwrap();
+    server.event("feed");
+    let mut client = Raw::connect(&url(&server, "/"));
+    let names = vec!["feed"; 1001];
+    let reply = client.call("rpc.on", json!(names));
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    assert_eq!(server.stats().params_past_bounds, 1);
+    // An ordinary refusal is not counted as one.
+    assert_eq!(
+        client.call("rpc.on", json!({"feed": 1}))["error"]["code"],
+        -32602
+    );
+    assert_eq!(server.stats().params_past_bounds, 1);
+    server.close();
+}

@@ -93,7 +93,8 @@ impl Budget {
                 Ok(())
             }
             None => Err(E::custom(format_args!(
-                "params too large to read as JSON values: more than {} MiB of memory",
+                "{}: more than {} MiB of memory",
+                super::OVER_VALUE_BUDGET,
                 self.limit >> 20
             ))),
         }

@@ -106,6 +106,24 @@ impl<'a> Params<'a> {
 /// Most event names one `rpc.on` or `rpc.off` may carry.
 pub(crate) const MAX_EVENT_NAMES: usize = 1000;
 
+/// How the refusal of more than [`MAX_EVENT_NAMES`] names begins.
+pub(crate) const TOO_MANY_EVENT_NAMES: &str = "too many event names";
+/// How the refusal of params past their budget of JSON values begins.
+pub(crate) const OVER_VALUE_BUDGET: &str = "params too large to read as JSON values";
+
+/// Whether `error` refused params for going past a decoding bound (too many event
+/// names, or JSON values past their budget), for the server's counters.
+pub(crate) fn past_a_decoding_bound(error: &RpcError) -> bool {
+    error.code == codes::INVALID_PARAMS
+        && error
+            .data
+            .as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|data| {
+                data.starts_with(TOO_MANY_EVENT_NAMES) || data.starts_with(OVER_VALUE_BUDGET)
+            })
+}
+
 /// The event names of an `rpc.on` or `rpc.off`: an array of strings, read one at a
 /// time and refused as soon as there are more than [`MAX_EVENT_NAMES`], so a frame of
 /// millions of short names is never held as millions of `String`s.
@@ -132,7 +150,7 @@ impl<'de> serde::de::Visitor<'de> for EventNames {
         while let Some(name) = seq.next_element::<String>()? {
             if names.len() == MAX_EVENT_NAMES {
                 return Err(serde::de::Error::custom(format_args!(
-                    "too many event names: at most {MAX_EVENT_NAMES} in one request"
+                    "{TOO_MANY_EVENT_NAMES}: at most {MAX_EVENT_NAMES} in one request"
                 )));
             }
             names.push(name);
@@ -231,7 +249,7 @@ pub(crate) fn invalid_request(id: Option<Id>, data: Option<&str>) -> Reply {
 
 /// The refusal of a batch larger than `max`.
 pub(crate) fn batch_too_large(max: usize) -> Reply {
-    log::warn!("refused a batch of more than max_batch_size ({max}) requests");
+    crate::log_limit::warn_limited!("refused a batch of more than max_batch_size ({max}) requests");
     invalid_request(
         None,
         Some(&format!("Batch too large: at most {max} requests")),

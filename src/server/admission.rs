@@ -197,6 +197,7 @@ pub(crate) struct Counters {
     pub refused_socket_id: AtomicU64,
     pub messages_timed_out: AtomicU64,
     pub over_message_budget: AtomicU64,
+    pub params_past_bounds: AtomicU64,
 }
 
 impl Counters {
@@ -251,6 +252,10 @@ pub struct Stats {
     /// Bytes of incoming messages (being received or handled) counted against the
     /// budgets now: what connections hold past their first 16 KiB each.
     pub message_bytes: usize,
+    /// Calls refused with `-32602` because their params went past a decoding bound:
+    /// more than 1,000 event names in one `rpc.on` / `rpc.off`, or more JSON values than
+    /// params may build (twice their size, at least 32 MiB).
+    pub params_past_bounds: u64,
 }
 
 impl Stats {
@@ -274,6 +279,7 @@ impl Stats {
             messages_timed_out: get(&counters.messages_timed_out),
             over_message_budget: get(&counters.over_message_budget),
             message_bytes,
+            params_past_bounds: get(&counters.params_past_bounds),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value};
 
+use super::admission::Counters;
 use super::dispatcher::Command;
 use super::registry::NamespaceTable;
 use super::{Context, Server};
@@ -95,6 +96,11 @@ fn handle_call(
         "__listMethods" => encode(codec, &table.method_names()),
         name => run_method(server, session, table, name, call.params, codec),
     };
+    if let Err(Failure::Refused(error) | Failure::Failed(error)) = &outcome
+        && crate::protocol::past_a_decoding_bound(error)
+    {
+        Counters::count(&server.counters().params_past_bounds);
+    }
     match outcome {
         Ok(result) => call.id.map(|id| Reply {
             id: Some(id),

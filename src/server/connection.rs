@@ -611,7 +611,7 @@ fn finish(
         other => Some((1011, other.to_string())),
     };
     if let Some((code, reason)) = &refusal {
-        log::warn!(
+        warn_limited!(
             "closing client {} ({code}): {reason}",
             conn.session.socket_id
         );

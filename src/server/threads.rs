@@ -103,8 +103,14 @@ impl<T> WriterPool<T> {
             self.idle.fetch_add(1, Ordering::SeqCst);
             let job = self.waiting_rx.recv_timeout(WRITER_IDLE);
             self.idle.fetch_sub(1, Ordering::SeqCst);
-            if let Ok(Some(conn)) = job {
-                return Next::Serve(conn);
+            match job {
+                Ok(Some(conn)) => return Next::Serve(conn),
+                // Shutdown: one `None` for each thread, so each ends at its own.
+                Ok(None) => {
+                    self.threads.fetch_sub(1, Ordering::SeqCst);
+                    return Next::End;
+                }
+                Err(_) => {}
             }
             self.threads.fetch_sub(1, Ordering::SeqCst);
             // A connection queued while this thread was counting itself out would
@@ -284,11 +290,17 @@ mod tests {
     }
 
     #[test]
-    fn shutting_down_ends_idle_writers() {
+    fn shutting_down_ends_every_idle_writer() {
         let pool = WriterPool::<u32>::new(4);
         assert_eq!(pool.enqueue(Arc::new(1)), Enqueued::StartThread);
         assert!(matches!(pool.started(), Next::Serve(_)));
+        assert_eq!(pool.enqueue(Arc::new(2)), Enqueued::StartThread);
+        assert!(matches!(pool.started(), Next::Serve(_)));
         pool.shut_down();
+        // Each takes one of the two shutdown notes, not both.
+        assert!(matches!(pool.next(), Next::End));
+        assert_eq!(pool.threads(), 1);
+        assert!(pool.others_waiting(), "one writer took every shutdown note");
         assert!(matches!(pool.next(), Next::End));
         assert_eq!(pool.threads(), 0);
     }
