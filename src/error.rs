@@ -284,7 +284,8 @@ impl Error {
         Error::Codec(ErrorDetail::of(source))
     }
 
-    /// A protocol error keeping `source`.
+    /// A protocol error keeping `source` (TLS failures, so far).
+    #[cfg(feature = "tls")]
     pub(crate) fn protocol(source: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error::Protocol(ErrorDetail::of(source))
     }
