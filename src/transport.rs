@@ -662,7 +662,11 @@ impl Intake {
         let limits = &self.limits;
         let pending = &mut self.pending;
         let large_seen = &mut self.large_seen;
+        // Whether a data message began in these bytes: its clock starts here, whatever
+        // the messages before it took.
+        let mut began = false;
         let verdict = self.scan.feed(bytes, |head| {
+            began |= !head.control && !head.continuation;
             if head.control {
                 return if head.len > 125 {
                     Err(Cutoff::ControlTooBig)
@@ -690,7 +694,7 @@ impl Intake {
             return Err(self.cut(why));
         }
         if self.scan.mid_message() {
-            if self.started.is_none() {
+            if began || self.started.is_none() {
                 self.started = Some(now);
             }
             self.check_time(Some(now))

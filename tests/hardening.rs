@@ -439,3 +439,63 @@ fn params_past_a_decoding_bound_are_refused_and_counted() {
     assert_eq!(server.stats().params_past_bounds, 1);
     server.close();
 }
+
+#[test]
+fn message_timeout_times_each_message_not_a_stream_whose_reads_straddle_them() {
+    let mut config = ServerConfig::default();
+    config.message_timeout = Some(Duration::from_millis(300));
+    let server = Server::builder()
+        .config(config)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    server.register("update", |_: Value, _| Ok::<_, wsrpc::RpcError>(()));
+    let mut wire = common::Wire::connect(&server, "/");
+    // Notifications of 1,029 bytes on the wire, each arriving in a few milliseconds,
+    // sent in 1,000-byte writes: a read almost never ends where a message does.
+    let filler = "x".repeat(1029 - 60);
+    let text = format!(r#"{{"jsonrpc":"2.0","method":"update","params":["{filler}"]}}"#);
+    let frame = common::ws_frame(common::OP_TEXT, true, text.as_bytes());
+    let stream: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 120)
+        .collect();
+    for chunk in stream.chunks(1000) {
+        wire.send(chunk)
+            .expect("the server cut a client whose messages were all quick");
+        thread::sleep(Duration::from_millis(8));
+    }
+    assert_eq!(server.stats().messages_timed_out, 0);
+    server.close();
+}
+
+#[test]
+fn clients_that_stop_reading_do_not_hold_up_the_others_events() {
+    let server = Server::bind("127.0.0.1:0").unwrap();
+    server.event("feed");
+    let subscribe = |server: &Server| {
+        let mut raw = Raw::connect(&url(server, "/"));
+        assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
+        raw
+    };
+    // Three subscribers that never read again, and one that does.
+    let stalled: Vec<Raw> = (0..3).map(|_| subscribe(&server)).collect();
+    let mut healthy = subscribe(&server);
+    let event = "x".repeat(1 << 20);
+    // 20 MiB to each: more than a loopback socket buffers, so writers serving the
+    // stalled ones block (until peer_timeout, 40 s) while the healthy one waits.
+    for _ in 0..20 {
+        server.emit("feed", [&event]).unwrap();
+    }
+    for i in 0..20 {
+        let got = healthy.recv();
+        assert_eq!(
+            got["params"][0].as_str().map(str::len),
+            Some(1 << 20),
+            "event {i}"
+        );
+    }
+    drop(stalled);
+    server.close();
+}

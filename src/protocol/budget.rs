@@ -23,9 +23,10 @@ use serde::de::{
 /// in memory too: about 4x the frame in all.
 pub(crate) const FACTOR: usize = 2;
 
-/// Bytes of such values always allowed, however short the params: about a million
-/// `Value`s, so a million-element array still reads into a `Value`, as it always has.
-pub(crate) const FLOOR: usize = 32 << 20;
+/// Bytes of such values always allowed, however short the params: 131,072 `Value`s,
+/// or some 5,000 small records as `serde_json::Map`s. Enough for everyday calls, and
+/// small enough that short calls decoding at once cannot add up to much.
+pub(crate) const FLOOR: usize = 4 << 20;
 
 /// What one value costs: a `serde_json::Value` is 32 bytes.
 const VALUE_COST: usize = 32;
@@ -476,8 +477,8 @@ mod tests {
         Anything(Value),
     }
 
-    /// Past FLOOR / 32 values: more than a million.
-    const MANY: usize = 1_200_000;
+    /// Past FLOOR / 32 values: more than 131,072.
+    const MANY: usize = 150_000;
 
     #[test]
     fn a_dense_array_into_value_is_refused_past_the_budget() {
@@ -513,17 +514,17 @@ mod tests {
 
     #[test]
     fn ordinary_values_fit() {
-        // Under FLOOR, anything fits: a million zeros are 32 MB of `Value`s.
+        // Under FLOOR, anything fits: 131,071 zeros are 4 MB of `Value`s.
         let million = Value::from(vec![0; FLOOR / VALUE_COST - 1]);
         for result in both::<Value>(&million) {
             assert_eq!(result.unwrap(), million);
         }
-        // Small records cost ~37x their JSON as `Value`s: 40,000 fit, 50,000 do not.
-        let records = Value::from(vec![json!({"id": 12, "name": "x"}); 40_000]);
+        // Small records cost ~37x their JSON as `Value`s: 4,500 fit, 6,000 do not.
+        let records = Value::from(vec![json!({"id": 12, "name": "x"}); 4_500]);
         for result in both::<Value>(&records) {
             assert_eq!(result.unwrap(), records);
         }
-        let more = Value::from(vec![json!({"id": 12, "name": "x"}); 50_000]);
+        let more = Value::from(vec![json!({"id": 12, "name": "x"}); 6_000]);
         for result in both::<Value>(&more) {
             assert!(result.unwrap_err().contains("params too large"));
         }
@@ -550,11 +551,11 @@ mod tests {
                 (0..keys).map(|i| (i.to_string(), Value::Null)).collect();
             Value::Object(map)
         };
-        // About 150 bytes a key: 200,000 fit in FLOOR, 250,000 do not.
-        for result in both::<Value>(&map(200_000)) {
+        // About 150 bytes a key: 25,000 fit in FLOOR, 32,000 do not.
+        for result in both::<Value>(&map(25_000)) {
             assert!(result.is_ok());
         }
-        for result in both::<Value>(&map(250_000)) {
+        for result in both::<Value>(&map(32_000)) {
             assert!(result.unwrap_err().contains("params too large"));
         }
         for result in both::<std::collections::HashMap<String, ()>>(&map(250_000)) {

@@ -237,7 +237,8 @@ pub struct Stats {
     /// Times a connection with events to send waited because `max_writer_threads`
     /// writers were busy.
     pub writers_at_cap: u64,
-    /// Times a slow handler held up its connection's next requests because
+    /// Looks of the slow-call watch (one every `slow_call_threshold` per connection)
+    /// that found a slow handler holding up its connection's next requests because
     /// `max_handoff_threads` threads already ran slow handlers.
     pub handoffs_at_cap: u64,
     /// Refused with HTTP 409: the `socket_id` asked for is held by an open connection
@@ -254,7 +255,7 @@ pub struct Stats {
     pub message_bytes: usize,
     /// Calls refused with `-32602` because their params went past a decoding bound:
     /// more than 1,000 event names in one `rpc.on` / `rpc.off`, or more JSON values than
-    /// params may build (twice their size, at least 32 MiB).
+    /// params may build (twice their size, at least 4 MiB).
     pub params_past_bounds: u64,
 }
 

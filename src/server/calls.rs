@@ -168,14 +168,13 @@ fn change_subscriptions(
     let mut changed = if known.is_empty() {
         Vec::new()
     } else {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        server.dispatch(Command::Subscriptions {
+        let asked = server.ask(|reply| Command::Subscriptions {
             key: session.key,
             events: known,
             subscribe,
             reply,
         });
-        answer.recv().map_err(|_| {
+        asked.ok_or_else(|| {
             Failure::Failed(
                 RpcError::standard(codes::INTERNAL_ERROR).with_data("the server is shutting down"),
             )

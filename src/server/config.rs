@@ -262,7 +262,7 @@ fn call<T>(name: &str, hook: &Option<Callback<T>>, arg: &T) {
     if let Some(hook) = hook {
         let run = std::panic::AssertUnwindSafe(|| hook(arg));
         if std::panic::catch_unwind(run).is_err() {
-            log::error!("the {name} callback panicked");
+            crate::log_limit::error_limited!("the {name} callback panicked");
         }
     }
 }

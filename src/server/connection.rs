@@ -254,6 +254,9 @@ impl Conn {
                         || self.sink.send_all(frames.iter().cloned()).is_err()
                     {
                         lock(&self.unsent).extend(frames);
+                        // A write that failed ends the connection: its reader wakes and
+                        // finishes it, and no more frames pile up for a dead client.
+                        self.sink.shutdown();
                         return Served::Done;
                     }
                     match after {

@@ -80,6 +80,10 @@ pub(crate) enum Command {
     Wake,
 }
 
+/// How often the dispatcher looks whether the writer pool is stuck while connections
+/// wait for a writer.
+const POOL_LOOK: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Scans without a busy handler before the watch goes to sleep (about a second).
 const IDLE_SCANS_BEFORE_SLEEP: u32 = 50;
 
@@ -120,7 +124,14 @@ impl Dispatcher {
     pub(crate) fn run(mut self) {
         let tick = self.server.config().slow_call_threshold;
         let mut next_scan: Option<Instant> = None;
+        let mut next_pool_look: Option<Instant> = None;
+        let mut writers_seen = 0;
         loop {
+            next_pool_look = match (self.server.writers().others_waiting(), next_pool_look) {
+                (false, _) => None,
+                (true, None) => Some(Instant::now() + POOL_LOOK),
+                (true, at) => at,
+            };
             let watching = !self.server.watch_asleep().load(Ordering::SeqCst);
             next_scan = match (watching, next_scan) {
                 (false, _) => None,
@@ -129,7 +140,11 @@ impl Dispatcher {
             };
             let next_drop = self.closing.front().map(|(at, _)| *at);
             let next_expiry = self.parking.next_expiry();
-            let deadlines = next_scan.into_iter().chain(next_drop).chain(next_expiry);
+            let deadlines = next_scan
+                .into_iter()
+                .chain(next_drop)
+                .chain(next_expiry)
+                .chain(next_pool_look);
             let received = match deadlines.min() {
                 None => self
                     .commands
@@ -140,6 +155,9 @@ impl Dispatcher {
             match received {
                 Ok(Command::Shutdown { done }) => {
                     self.shutdown();
+                    // Whoever waits for an answer to what is still queued is told now
+                    // (its reply channel closes), not left waiting.
+                    while self.commands.try_recv().is_ok() {}
                     let _ = done.send(());
                     return;
                 }
@@ -153,6 +171,10 @@ impl Dispatcher {
             if next_scan.is_some_and(|at| now >= at) {
                 self.scan_for_slow_calls();
                 next_scan = Some(crate::deadline(tick));
+            }
+            if next_pool_look.is_some_and(|at| now >= at) {
+                self.server.unstick_writers(&mut writers_seen);
+                next_pool_look = None;
             }
             self.drop_overdue(now);
             self.parking.expire(now);

@@ -193,14 +193,12 @@ fn open_session(
 /// `Some(false)`: an open connection holds it, or one is resuming the session parked
 /// with it; `None`: the server is shutting down.
 fn reserve_socket_id(server: &Server, namespace: &str, socket_id: &str, key: u64) -> Option<bool> {
-    let (reply, answer) = crossbeam_channel::bounded(1);
-    server.dispatch(Command::ReserveSocketId {
+    server.ask(|reply| Command::ReserveSocketId {
         namespace: namespace.to_owned(),
         socket_id: socket_id.to_owned(),
         key,
         reply,
-    });
-    answer.recv().ok()
+    })
 }
 
 /// Give back a reserved (namespace, socket id): the handshake failed.

@@ -110,6 +110,10 @@ struct Shared {
     registry: Registry,
     commands: Sender<Command>,
     closing: AtomicBool,
+    /// Set when the dispatcher thread has stopped: nobody answers commands any more.
+    dispatcher_gone: AtomicBool,
+    /// Set once `start` has finished (after `ServerBuilder::setup`).
+    started: AtomicBool,
     /// Set by the dispatcher when it stops watching for slow handlers; a connection that
     /// starts one wakes it.
     watch_asleep: AtomicBool,
@@ -173,7 +177,8 @@ impl Server {
                 let server = server.clone();
                 move || {
                     server.mark_thread();
-                    Dispatcher::new(server, commands).run()
+                    Dispatcher::new(server.clone(), commands).run();
+                    server.shared.dispatcher_gone.store(true, Ordering::SeqCst);
                 }
             })?;
         // Methods and events the builder sets up exist before the first connection
@@ -192,6 +197,12 @@ impl Server {
             acceptor,
             dispatcher,
         });
+        server.shared.started.store(true, Ordering::SeqCst);
+        if server.is_closing() {
+            // `close` was called during setup.
+            server.close();
+            return Ok(server);
+        }
         log::info!("listening on {local_addr}");
         server.shared.hooks.listening(&local_addr);
         Ok(server)
@@ -210,6 +221,8 @@ impl Server {
             registry: Registry::default(),
             commands: commands_tx,
             closing: AtomicBool::new(false),
+            dispatcher_gone: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             watch_asleep: AtomicBool::new(false),
             next_key: AtomicU64::new(1),
             registering: Mutex::new(true),
@@ -324,7 +337,10 @@ impl Server {
             dispatcher,
         }) = running
         else {
-            if !self.on_own_thread() {
+            if !self.shared.started.load(Ordering::SeqCst) {
+                // Still in `ServerBuilder::setup`: the server closes as soon as it ends.
+                self.shared.closing.store(true, Ordering::SeqCst);
+            } else if !self.on_own_thread() {
                 self.wait();
             }
             return;
@@ -348,11 +364,10 @@ impl Server {
         for (_, stream) in lock(&self.shared.handshaking).take().into_iter().flatten() {
             let _ = stream.shutdown(std::net::Shutdown::Read);
         }
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        self.dispatch(Command::Shutdown { done: done_tx });
-        // The dispatcher gives clients `close_timeout`; it never waits for a handler.
-        let _ = done_rx.recv_timeout(timeout.saturating_add(Duration::from_secs(1)));
-        if !is_current(&dispatcher) && dispatcher.is_finished() {
+        // The dispatcher gives clients `close_timeout`; it never waits for a handler,
+        // only works through the commands queued before this one.
+        self.ask(|done| Command::Shutdown { done });
+        if !is_current(&dispatcher) {
             let _ = dispatcher.join();
         }
         self.shared.live.close();
@@ -497,17 +512,32 @@ impl Server {
         match self.shared.writers.enqueue(conn) {
             threads::Enqueued::Taken => {}
             threads::Enqueued::AtCap => Counters::count(&self.shared.counters.writers_at_cap),
-            threads::Enqueued::StartThread => {
-                let server = self.clone();
-                let started = self.spawn("wsrpc-writer", connection::WRITER_STACK, move || {
-                    connection::writer_thread(server)
-                });
-                if let Err(e) = started {
-                    // The connection stays queued: the next one queued tries again.
-                    self.shared.writers.not_started();
-                    warn_limited!("could not start a writer thread: {e}");
-                }
+            threads::Enqueued::StartThread => self.start_writer_thread(),
+        }
+    }
+
+    /// Every writer is stuck on a client that does not read while connections wait:
+    /// start one more, up to `max_writer_threads` (the dispatcher looks every few
+    /// milliseconds while connections wait).
+    pub(crate) fn unstick_writers(&self, seen: &mut u64) {
+        if self.shared.writers.stuck(seen) {
+            match self.shared.writers.grow() {
+                threads::Enqueued::StartThread => self.start_writer_thread(),
+                _ => Counters::count(&self.shared.counters.writers_at_cap),
             }
+        }
+    }
+
+    /// Start a writer thread the pool has counted in.
+    fn start_writer_thread(&self) {
+        let server = self.clone();
+        let started = self.spawn("wsrpc-writer", connection::WRITER_STACK, move || {
+            connection::writer_thread(server)
+        });
+        if let Err(e) = started {
+            // The connection stays queued: the next one queued tries again.
+            self.shared.writers.not_started();
+            warn_limited!("could not start a writer thread: {e}");
         }
     }
 
@@ -539,6 +569,26 @@ impl Server {
         &self.shared.watch_asleep
     }
 
+    /// Send the dispatcher a command with a reply channel and wait for the answer;
+    /// `None` once the dispatcher has stopped. A command queued just as it stopped is
+    /// never answered nor dropped (a bounded channel keeps what it holds while a handle
+    /// of its sender lives), so the wait looks at `dispatcher_gone` now and then.
+    pub(crate) fn ask<T>(&self, command: impl FnOnce(Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.dispatch(command(reply));
+        loop {
+            match answer.recv_timeout(Duration::from_millis(100)) {
+                Ok(value) => return Some(value),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.shared.dispatcher_gone.load(Ordering::SeqCst) {
+                        return answer.try_recv().ok();
+                    }
+                }
+            }
+        }
+    }
+
     /// Hand a command to the dispatcher; after shutdown it is dropped.
     pub(crate) fn dispatch(&self, command: Command) {
         let _ = self.shared.commands.send(command);
@@ -565,13 +615,12 @@ impl Server {
     /// Reserve a parked session for a resuming connection (a round trip to the
     /// dispatcher, during the handshake only).
     pub(crate) fn claim_session(&self, token: &str, namespace: &str) -> Option<resume::Claimed> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        self.dispatch(Command::Claim {
+        self.ask(|reply| Command::Claim {
             token: token.to_owned(),
             namespace: namespace.to_owned(),
             reply,
-        });
-        answer.recv().ok().flatten()
+        })
+        .flatten()
     }
 
     /// Hand a new connection to the dispatcher, unless the server is shutting down.

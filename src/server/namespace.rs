@@ -215,12 +215,12 @@ impl Namespace {
 
     /// Socket ids of the clients connected to this namespace now.
     pub fn clients(&self) -> Vec<String> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.server.dispatch(Command::Clients {
-            namespace: self.path.to_string(),
-            reply: tx,
-        });
-        rx.recv().unwrap_or_default()
+        self.server
+            .ask(|reply| Command::Clients {
+                namespace: self.path.to_string(),
+                reply,
+            })
+            .unwrap_or_default()
     }
 
     /// Remove this namespace: its methods and events are forgotten, and its clients get
@@ -228,12 +228,10 @@ impl Namespace {
     /// connect to the path later find an empty namespace.
     pub fn close(&self) {
         self.server.registry().remove(&self.path);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.server.dispatch(Command::CloseNamespace {
+        self.server.ask(|done| Command::CloseNamespace {
             namespace: self.path.to_string(),
-            done: tx,
+            done,
         });
-        let _ = rx.recv();
     }
 }
 

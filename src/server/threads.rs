@@ -6,7 +6,7 @@
 //! Generic over what is written (`T`, a connection), so that this file knows nothing
 //! of connections: `connection.rs` drives the pool.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,9 @@ pub(crate) struct WriterPool<T> {
     /// while one is starting no other is started, so the pool grows one thread at a
     /// time, and only while every writer is busy.
     starting: AtomicUsize,
+    /// Connections taken from `waiting` so far: no change between two looks while
+    /// some wait means every writer is stuck (blocked on a client that does not read).
+    taken: AtomicU64,
 }
 
 /// What a writer thread should do next.
@@ -53,6 +56,7 @@ impl<T> WriterPool<T> {
             threads: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             starting: AtomicUsize::new(0),
+            taken: AtomicU64::new(0),
         }
     }
 
@@ -104,7 +108,10 @@ impl<T> WriterPool<T> {
             let job = self.waiting_rx.recv_timeout(WRITER_IDLE);
             self.idle.fetch_sub(1, Ordering::SeqCst);
             match job {
-                Ok(Some(conn)) => return Next::Serve(conn),
+                Ok(Some(conn)) => {
+                    self.taken.fetch_add(1, Ordering::SeqCst);
+                    return Next::Serve(conn);
+                }
                 // Shutdown: one `None` for each thread, so each ends at its own.
                 Ok(None) => {
                     self.threads.fetch_sub(1, Ordering::SeqCst);
@@ -133,6 +140,25 @@ impl<T> WriterPool<T> {
     /// current connection then queues it again behind them, for fairness).
     pub(crate) fn others_waiting(&self) -> bool {
         !self.waiting_rx.is_empty()
+    }
+
+    /// Whether connections have waited since the last look (`seen` keeps what it saw)
+    /// with no writer taking any, none idle and none starting: every writer is stuck
+    /// on a client that stopped reading. The caller then starts another
+    /// ([`WriterPool::grow`]), so a few such clients cannot hold up everyone else.
+    pub(crate) fn stuck(&self, seen: &mut u64) -> bool {
+        let taken = self.taken.load(Ordering::SeqCst);
+        let stuck = taken == *seen
+            && self.others_waiting()
+            && self.idle.load(Ordering::SeqCst) == 0
+            && self.starting.load(Ordering::SeqCst) == 0;
+        *seen = taken;
+        stuck
+    }
+
+    /// One more writer thread, if under the cap (as [`WriterPool::enqueue`] answers).
+    pub(crate) fn grow(&self) -> Enqueued {
+        self.reserve_thread()
     }
 
     /// Writer threads alive now.
@@ -278,6 +304,28 @@ mod tests {
         for expected in [3, 4, 5] {
             assert!(matches!(pool.next(), Next::Serve(c) if *c == expected));
         }
+    }
+
+    #[test]
+    fn a_pool_whose_writers_take_nothing_while_others_wait_is_stuck_and_grows() {
+        let pool = WriterPool::<u32>::new(4);
+        let mut seen = 0;
+        assert_eq!(pool.enqueue(Arc::new(1)), Enqueued::StartThread);
+        assert!(matches!(pool.started(), Next::Serve(_)));
+        assert!(!pool.stuck(&mut seen), "stuck with nobody waiting");
+        // The writer blocks on its client; two more connections queue behind it.
+        assert_eq!(pool.enqueue(Arc::new(2)), Enqueued::StartThread);
+        pool.not_started();
+        assert_eq!(pool.enqueue(Arc::new(3)), Enqueued::StartThread);
+        pool.not_started();
+        assert!(
+            pool.stuck(&mut seen),
+            "nothing taken since the last look: every writer is stuck"
+        );
+        assert_eq!(pool.grow(), Enqueued::StartThread);
+        assert!(!pool.stuck(&mut seen), "a thread is starting");
+        assert!(matches!(pool.started(), Next::Serve(c) if *c == 2));
+        assert!(!pool.stuck(&mut seen), "the new writer took one");
     }
 
     #[test]
