@@ -499,3 +499,30 @@ fn clients_that_stop_reading_do_not_hold_up_the_others_events() {
     drop(stalled);
     server.close();
 }
+
+#[test]
+fn close_called_during_setup_closes_the_server_once_setup_ends() {
+    let bound = within_deadline(|| {
+        Server::builder()
+            .setup(|server| server.close())
+            .bind("127.0.0.1:0")
+    });
+    let server = bound.expect("bind() did not return").unwrap();
+    assert!(within_deadline(move || server.wait()).is_some());
+}
+
+#[test]
+fn waiting_on_the_dispatcher_ends_when_the_server_closes() {
+    for _ in 0..50 {
+        let server = Server::bind("127.0.0.1:0").unwrap();
+        let asker = server.clone();
+        let asking = thread::spawn(move || {
+            for _ in 0..1000 {
+                asker.clients();
+            }
+        });
+        server.close();
+        let joined = within_deadline(move || asking.join().is_ok());
+        assert_eq!(joined, Some(true), "clients() never returned after close()");
+    }
+}

@@ -98,7 +98,8 @@ pub struct ServerConfig {
     /// busy writers, connections wait for one to be free (counted in
     /// [`Stats::writers_at_cap`](super::Stats::writers_at_cap)). A writer blocked on a
     /// client that stopped reading holds its thread until `peer_timeout` cuts that
-    /// client off. Default 256.
+    /// client off; while every writer is so blocked and connections wait, the pool
+    /// starts another within a few milliseconds, up to this cap. Default 256.
     pub max_writer_threads: usize,
     /// Most threads, server-wide, that keep slow handlers running after their
     /// connection has gone on reading in a new thread (see `slow_call_threshold`).
