@@ -23,11 +23,20 @@ fn within_deadline<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
     rx.recv_timeout(DEADLINE).ok()
 }
 
+/// `n` raw clients subscribed to `feed`.
+fn feed_subscribers(server: &Server, n: usize) -> Vec<Raw> {
+    (0..n)
+        .map(|_| {
+            let mut raw = Raw::connect(&url(server, "/"));
+            assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
+            raw
+        })
+        .collect()
+}
+
 /// Subscribers that read everything they are sent until told to stop.
 fn draining_subscribers(server: &Server, n: usize, stop: &Arc<AtomicBool>) {
-    for _ in 0..n {
-        let mut raw = Raw::connect(&url(server, "/"));
-        assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
+    for mut raw in feed_subscribers(server, n) {
         let stop = stop.clone();
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
@@ -175,13 +184,7 @@ fn events_to_many_subscribers_go_through_at_most_max_writer_threads() {
         .bind("127.0.0.1:0")
         .unwrap();
     server.event("feed");
-    let mut subscribers: Vec<Raw> = (0..60)
-        .map(|_| {
-            let mut raw = Raw::connect(&url(&server, "/"));
-            assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
-            raw
-        })
-        .collect();
+    let mut subscribers = feed_subscribers(&server, 60);
     let stop = Arc::new(AtomicBool::new(false));
     let peak = peak_of(&server, |s| s.writer_threads, &stop);
     for i in 0..20 {
@@ -208,13 +211,7 @@ fn events_to_many_subscribers_go_through_at_most_max_writer_threads() {
 fn an_event_to_idle_subscribers_reuses_writer_threads() {
     let server = Server::bind("127.0.0.1:0").unwrap();
     server.event("feed");
-    let mut subscribers: Vec<Raw> = (0..200)
-        .map(|_| {
-            let mut raw = Raw::connect(&url(&server, "/"));
-            assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
-            raw
-        })
-        .collect();
+    let mut subscribers = feed_subscribers(&server, 200);
     let stop = Arc::new(AtomicBool::new(false));
     let peak = peak_of(&server, |s| s.writer_threads, &stop);
     server.emit("feed", [1]).unwrap();
@@ -474,14 +471,9 @@ fn message_timeout_times_each_message_not_a_stream_whose_reads_straddle_them() {
 fn clients_that_stop_reading_do_not_hold_up_the_others_events() {
     let server = Server::bind("127.0.0.1:0").unwrap();
     server.event("feed");
-    let subscribe = |server: &Server| {
-        let mut raw = Raw::connect(&url(server, "/"));
-        assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
-        raw
-    };
     // Three subscribers that never read again, and one that does.
-    let stalled: Vec<Raw> = (0..3).map(|_| subscribe(&server)).collect();
-    let mut healthy = subscribe(&server);
+    let stalled = feed_subscribers(&server, 3);
+    let mut healthy = feed_subscribers(&server, 1).remove(0);
     let event = "x".repeat(1 << 20);
     // 20 MiB to each: more than a loopback socket buffers, so writers serving the
     // stalled ones block (until peer_timeout, 40 s) while the healthy one waits.
