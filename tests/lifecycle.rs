@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use common::{ChildGuard, DEADLINE, Proxy, Raw, url, wait_until};
 use serde_json::{Value, json};
-use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsrpc::{
@@ -1086,29 +1085,6 @@ fn a_client_dropped_for_a_full_queue_does_not_resume() {
     server.close();
 }
 
-/// A raw connection to `server` offering `token` to resume; returns it with the token
-/// of its session and whether the server said it resumed the offered one.
-fn raw_session(server: &Server, token: Option<&str>) -> (Raw, String, bool) {
-    let mut request = url(server, "/").into_client_request().unwrap();
-    if let Some(token) = token {
-        request
-            .headers_mut()
-            .insert("x-wsrpc-resume", token.parse().unwrap());
-    }
-    let (ws, response) = tungstenite::connect(request).expect("websocket handshake");
-    let header = |name| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
-    let session = header("x-wsrpc-session").expect("a session token");
-    let resumed = header("x-wsrpc-resumed").is_some();
-    let raw = Raw { ws };
-    raw.tcp().set_read_timeout(Some(DEADLINE)).unwrap();
-    (raw, session, resumed)
-}
-
 fn raw_whoami(raw: &mut Raw) -> Value {
     raw.call("whoami", json!([]))["result"].clone()
 }
@@ -1123,14 +1099,14 @@ fn vanish(raw: Raw) {
 fn a_client_that_closed_cleanly_leaves_no_session() {
     let config = session_config(Some(Duration::from_secs(10)));
     let server = common::start_with(Server::builder().config(config));
-    let (mut raw, token, resumed) = raw_session(&server, None);
+    let (mut raw, token, resumed) = Raw::session(&server, "/", None);
     assert!(!resumed);
     let id = raw_whoami(&mut raw);
 
     // For contrast: vanishing without a close frame leaves a session the token resumes.
     vanish(raw);
     assert!(wait_until(|| server.clients().is_empty()));
-    let (mut raw, again, resumed) = raw_session(&server, Some(&token));
+    let (mut raw, again, resumed) = Raw::session(&server, "/", Some(&token));
     assert!(resumed, "the dropped session was not resumed");
     assert_eq!(again, token);
     assert_eq!(raw_whoami(&mut raw), id);
@@ -1144,7 +1120,7 @@ fn a_client_that_closed_cleanly_leaves_no_session() {
         .unwrap();
     while raw.ws.read().is_ok() {}
     assert!(wait_until(|| server.clients().is_empty()));
-    let (mut raw, fresh, resumed) = raw_session(&server, Some(&token));
+    let (mut raw, fresh, resumed) = Raw::session(&server, "/", Some(&token));
     assert!(!resumed, "a cleanly closed session was resumed");
     assert_ne!(fresh, token);
     assert_ne!(raw_whoami(&mut raw), id);
@@ -1180,7 +1156,7 @@ fn a_session_claimed_just_before_it_expires_keeps_its_subscriptions() {
     let (stop, flooder) = flood(&server);
     let mut outcome = Ok(());
     for trial in 0..30u32 {
-        let (mut raw, token, _) = raw_session(&server, None);
+        let (mut raw, token, _) = Raw::session(&server, "/", None);
         assert_eq!(
             raw.call("rpc.on", json!(["newsUpdate"]))["result"]["newsUpdate"],
             "ok"
@@ -1189,7 +1165,7 @@ fn a_session_claimed_just_before_it_expires_keeps_its_subscriptions() {
         vanish(raw);
         assert!(wait_until(|| !server.clients().iter().any(|c| *c == id)));
         thread::sleep(ttl * (trial % 10) / 20);
-        let (mut raw, _, resumed) = raw_session(&server, Some(&token));
+        let (mut raw, _, resumed) = Raw::session(&server, "/", Some(&token));
         if !resumed {
             continue;
         }

@@ -315,28 +315,6 @@ fn generated_socket_ids_are_random_uuids_held_like_asked_ones() {
     server.close();
 }
 
-/// A connection that offers `resume` (or nothing) to `path`, with the session token
-/// and whether it was resumed.
-fn session(server: &Server, path: &str, resume: Option<&str>) -> (Raw, String, bool) {
-    let mut request = url(server, path).into_client_request().unwrap();
-    if let Some(token) = resume {
-        request
-            .headers_mut()
-            .insert("x-wsrpc-resume", token.parse().unwrap());
-    }
-    let (ws, response) = tungstenite::connect(request).expect("websocket handshake");
-    let header = |name| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
-    let token = header("x-wsrpc-session").expect("a session token");
-    let raw = Raw { ws };
-    raw.tcp().set_read_timeout(Some(DEADLINE)).unwrap();
-    (raw, token, header("x-wsrpc-resumed").is_some())
-}
-
 /// Vanish without a close frame: the server parks the session.
 fn vanish(raw: Raw) {
     raw.tcp().shutdown(Shutdown::Both).unwrap();
@@ -351,7 +329,7 @@ fn resuming_config() -> ServerConfig {
 #[test]
 fn a_resumed_session_keeps_its_socket_id_and_holds_it() {
     let server = id_server(resuming_config());
-    let (mut first, token, _) = session(&server, "/?socket_id=dave", None);
+    let (mut first, token, _) = Raw::session(&server, "/?socket_id=dave", None);
     assert_eq!(token.len(), 32, "a 128-bit token in hex: {token}");
     assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(whoami(&mut first), json!("dave"));
@@ -359,7 +337,7 @@ fn a_resumed_session_keeps_its_socket_id_and_holds_it() {
     assert!(wait_until(|| server.clients().is_empty()), "not parked");
 
     // Resuming its own session, a connection gets its id back, whatever it asks for.
-    let (mut back, again, resumed) = session(&server, "/?socket_id=dave", Some(&token));
+    let (mut back, again, resumed) = Raw::session(&server, "/?socket_id=dave", Some(&token));
     assert!(resumed);
     assert_eq!(again, token);
     assert_eq!(whoami(&mut back), json!("dave"));
@@ -372,16 +350,16 @@ fn a_resumed_session_keeps_its_socket_id_and_holds_it() {
 #[test]
 fn a_new_connection_asking_for_a_parked_id_takes_it_and_the_session_is_given_up() {
     let server = id_server(resuming_config());
-    let (first, token, _) = session(&server, "/?socket_id=erin", None);
+    let (first, token, _) = Raw::session(&server, "/?socket_id=erin", None);
     vanish(first);
     assert!(wait_until(|| server.clients().is_empty()), "not parked");
 
-    let (mut newcomer, other, resumed) = session(&server, "/?socket_id=erin", None);
+    let (mut newcomer, other, resumed) = Raw::session(&server, "/?socket_id=erin", None);
     assert!(!resumed);
     assert_ne!(other, token);
     assert_eq!(whoami(&mut newcomer), json!("erin"));
     // The parked session cannot come back: its id is someone else's now.
-    let (mut late, _, resumed) = session(&server, "/", Some(&token));
+    let (mut late, _, resumed) = Raw::session(&server, "/", Some(&token));
     assert!(
         !resumed,
         "a session was resumed under an id another connection holds"

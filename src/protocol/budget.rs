@@ -122,10 +122,22 @@ struct Wrap<'b, V> {
     any: bool,
 }
 
+impl<'b, V> Wrap<'b, V> {
+    /// `inner`, reading what it nests through `budget`, for a type that asked for
+    /// something in particular (not "anything").
+    fn typed(budget: &'b Budget, inner: V) -> Self {
+        Wrap {
+            inner,
+            budget,
+            any: false,
+        }
+    }
+}
+
 macro_rules! forward_typed {
     ($($method:ident)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-            self.inner.$method(Wrap { inner: visitor, budget: self.budget, any: false })
+            self.inner.$method(Wrap::typed(self.budget, visitor))
         }
     )*};
 }
@@ -156,12 +168,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Counted<'_, D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let wrap = Wrap {
-            inner: visitor,
-            budget: self.budget,
-            any: false,
-        };
-        self.inner.deserialize_unit_struct(name, wrap)
+        self.inner
+            .deserialize_unit_struct(name, Wrap::typed(self.budget, visitor))
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -169,12 +177,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Counted<'_, D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let wrap = Wrap {
-            inner: visitor,
-            budget: self.budget,
-            any: false,
-        };
-        self.inner.deserialize_newtype_struct(name, wrap)
+        self.inner
+            .deserialize_newtype_struct(name, Wrap::typed(self.budget, visitor))
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(
@@ -182,12 +186,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Counted<'_, D> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let wrap = Wrap {
-            inner: visitor,
-            budget: self.budget,
-            any: false,
-        };
-        self.inner.deserialize_tuple(len, wrap)
+        self.inner
+            .deserialize_tuple(len, Wrap::typed(self.budget, visitor))
     }
 
     fn deserialize_tuple_struct<V: Visitor<'de>>(
@@ -196,12 +196,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Counted<'_, D> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let wrap = Wrap {
-            inner: visitor,
-            budget: self.budget,
-            any: false,
-        };
-        self.inner.deserialize_tuple_struct(name, len, wrap)
+        self.inner
+            .deserialize_tuple_struct(name, len, Wrap::typed(self.budget, visitor))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -210,12 +206,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Counted<'_, D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let wrap = Wrap {
-            inner: visitor,
-            budget: self.budget,
-            any: false,
-        };
-        self.inner.deserialize_struct(name, fields, wrap)
+        self.inner
+            .deserialize_struct(name, fields, Wrap::typed(self.budget, visitor))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -224,12 +216,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Counted<'_, D> {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let wrap = Wrap {
-            inner: visitor,
-            budget: self.budget,
-            any: false,
-        };
-        self.inner.deserialize_enum(name, variants, wrap)
+        self.inner
+            .deserialize_enum(name, variants, Wrap::typed(self.budget, visitor))
     }
 
     fn is_human_readable(&self) -> bool {
@@ -335,14 +323,6 @@ impl<'b, A> Access<'b, A> {
             budget: self.budget,
         }
     }
-
-    fn wrap<V>(&self, inner: V) -> Wrap<'b, V> {
-        Wrap {
-            inner,
-            budget: self.budget,
-            any: false,
-        }
-    }
 }
 
 impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Access<'_, A> {
@@ -426,8 +406,8 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Access<'_, A> {
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
-        let wrap = self.wrap(visitor);
-        self.inner.tuple_variant(len, wrap)
+        self.inner
+            .tuple_variant(len, Wrap::typed(self.budget, visitor))
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -435,8 +415,8 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Access<'_, A> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, A::Error> {
-        let wrap = self.wrap(visitor);
-        self.inner.struct_variant(fields, wrap)
+        self.inner
+            .struct_variant(fields, Wrap::typed(self.budget, visitor))
     }
 }
 

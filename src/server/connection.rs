@@ -209,10 +209,14 @@ impl Conn {
                 self.writer_running.store(false, Ordering::SeqCst);
                 self.writer_gone.1.notify_all();
             }
-            Served::Released => {
+            // Only `finish` waits for the flag, and only once `finished` is set: the
+            // flag was cleared before this look, so a finish that set it later sees it
+            // clear without waiting. Most releases take no lock.
+            Served::Released if self.finished.load(Ordering::SeqCst) => {
                 let _guard = lock(&self.writer_gone.0);
                 self.writer_gone.1.notify_all();
             }
+            Served::Released => {}
             // Still ours: `writer_running` stays set while it waits in the pool.
             Served::Yielded => server.start_writing(self.clone()),
         }

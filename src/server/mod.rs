@@ -412,14 +412,17 @@ impl Server {
 
     /// Note that the calling thread is one of this server's (for `close`).
     fn mark_thread(&self) {
-        let id = Arc::as_ptr(&self.shared) as usize;
-        SERVER_THREAD.with(|t| t.set(id));
+        SERVER_THREAD.with(|t| t.set(self.id()));
     }
 
     /// Whether the calling thread is one this server started.
     fn on_own_thread(&self) -> bool {
-        let id = Arc::as_ptr(&self.shared) as usize;
-        SERVER_THREAD.with(|t| t.get() == id)
+        SERVER_THREAD.with(|t| t.get() == self.id())
+    }
+
+    /// Tells this server's threads from other servers': the address of its state.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 
     fn accept_loop(&self, listener: TcpListener) {

@@ -138,6 +138,31 @@ impl Raw {
         }
     }
 
+    /// A connection to `path` offering `resume` (a session token, or nothing) in the
+    /// `x-wsrpc-resume` header; with the token of its session and whether the server
+    /// said it resumed the offered one.
+    pub fn session(server: &Server, path: &str, resume: Option<&str>) -> (Raw, String, bool) {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = url(server, path).into_client_request().unwrap();
+        if let Some(token) = resume {
+            request
+                .headers_mut()
+                .insert("x-wsrpc-resume", token.parse().unwrap());
+        }
+        let (ws, response) = tungstenite::connect(request).expect("websocket handshake");
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let token = header("x-wsrpc-session").expect("a session token");
+        let resumed = header("x-wsrpc-resumed").is_some();
+        let raw = Raw { ws };
+        raw.tcp().set_read_timeout(Some(DEADLINE)).unwrap();
+        (raw, token, resumed)
+    }
+
     /// The underlying TCP stream.
     pub fn tcp(&self) -> &TcpStream {
         match self.ws.get_ref() {
