@@ -61,6 +61,8 @@ mod error;
 mod log_limit;
 mod protocol;
 mod server;
+mod sink;
+mod socket;
 #[cfg(feature = "tls")]
 mod tls;
 mod transport;

@@ -17,7 +17,7 @@ use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerCon
 
 use crate::error::Error;
 use crate::lock;
-use crate::transport::arm_deadline;
+use crate::socket::arm_deadline;
 
 /// TLS over one TCP connection.
 pub(crate) struct TlsSocket {

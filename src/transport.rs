@@ -1,368 +1,26 @@
-//! The socket shell shared by server and client: one `TcpStream`, read by exactly one
-//! thread at a time through a tungstenite reader, written by any thread through a
-//! [`Sink`] that keeps frames whole and honours the close handshake.
+//! The read side shared by server and client: one socket, read by exactly one thread
+//! at a time through a tungstenite reader, while any thread writes through the
+//! connection's [`Sink`].
 //!
 //! tungstenite's `WebSocket` wants one owner for reading and writing; a reader blocked
 //! in `read` would then hold up every event sent to that peer. So the reader gets a
-//! [`ConnStream`] whose writes (pongs and close replies that tungstenite sends on its
-//! own) are forwarded into the sink, and everything we send goes through the sink's
-//! own writer context under a mutex.
+//! [`ConnStream`] whose writes (the handshake's response, pongs and close replies that
+//! tungstenite sends on its own) are forwarded into the sink, and everything else we
+//! send goes through the sink too.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tungstenite::Message;
-use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
-use crate::lock;
 use crate::protocol::Codec;
+use crate::sink::{Sink, into_io};
 
-/// A connection's byte stream: plain TCP, or TLS over it. Read by one thread and
-/// written by others at the same time (`&Socket` is `Read + Write`).
-pub(crate) enum Socket {
-    Plain(TcpStream),
-    /// Boxed: the TLS state is large, a plain connection should not pay for it.
-    #[cfg(feature = "tls")]
-    Tls(Box<crate::tls::TlsSocket>),
-}
-
-impl Socket {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Socket::Plain(tcp) => tcp,
-            #[cfg(feature = "tls")]
-            Socket::Tls(tls) => tls.tcp(),
-        }
-    }
-
-    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.tcp().set_read_timeout(timeout)
-    }
-
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.tcp().set_write_timeout(timeout)
-    }
-}
-
-impl Socket {
-    /// Read, failing with `TimedOut` once `deadline` (if any) has passed, however the
-    /// peer spaces out its bytes: TLS may need many socket reads for one read here.
-    pub(crate) fn read_before(
-        &self,
-        buf: &mut [u8],
-        deadline: Option<Instant>,
-    ) -> io::Result<usize> {
-        match self {
-            Socket::Plain(tcp) => {
-                arm_deadline(tcp, deadline)?;
-                (&*tcp).read(buf)
-            }
-            #[cfg(feature = "tls")]
-            Socket::Tls(tls) => tls.read(buf, deadline),
-        }
-    }
-}
-
-/// Set the read timeout to what is left before `deadline`; `TimedOut` if nothing is.
-pub(crate) fn arm_deadline(tcp: &TcpStream, deadline: Option<Instant>) -> io::Result<()> {
-    let Some(deadline) = deadline else {
-        return Ok(());
-    };
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "handshake timed out",
-        ));
-    }
-    tcp.set_read_timeout(Some(left))
-}
-
-impl Read for &Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_before(buf, None)
-    }
-}
-
-impl Write for &Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Socket::Plain(tcp) => (&*tcp).write(buf),
-            #[cfg(feature = "tls")]
-            Socket::Tls(tls) => tls.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The write half of a connection.
-pub(crate) struct Sink {
-    stream: Socket,
-    /// A write waited past the write timeout: the peer has stopped reading.
-    stalled: AtomicBool,
-    /// `Writer::held` has frames (read without the lock before each socket read).
-    holding: AtomicBool,
-    writer: Mutex<Writer>,
-}
-
-struct Writer {
-    ctx: WebSocketContext,
-    /// Encoded frames not yet written: replies held back while the reader still has
-    /// requests in its buffer, so that pipelined calls are answered in one write.
-    held: Vec<u8>,
-    role: Role,
-    config: WebSocketConfig,
-    /// A close frame was seen or queued: no more data frames (RFC 6455, 5.5.1).
-    closing: bool,
-    /// We sent our close frame: nothing at all may follow it.
-    close_sent: bool,
-}
-
-impl Sink {
-    pub(crate) fn new(stream: Socket, role: Role, config: WebSocketConfig) -> Self {
-        // This context only writes: no read buffer, and every frame goes out at once.
-        let config = config.write_buffer_size(0).read_buffer_size(0);
-        Sink {
-            stream,
-            stalled: AtomicBool::new(false),
-            holding: AtomicBool::new(false),
-            writer: Mutex::new(Writer {
-                ctx: WebSocketContext::new(role, Some(config)),
-                held: Vec::new(),
-                role,
-                config,
-                closing: false,
-                close_sent: false,
-            }),
-        }
-    }
-
-    /// Send one message; after a close frame it is dropped and `AlreadyClosed` returned.
-    pub(crate) fn send(&self, message: Message) -> Result<(), tungstenite::Error> {
-        self.send_all([message])
-    }
-
-    /// Send messages in one write (with any replies held back before them).
-    pub(crate) fn send_all(
-        &self,
-        messages: impl IntoIterator<Item = Message>,
-    ) -> Result<(), tungstenite::Error> {
-        let mut w = lock(&self.writer);
-        self.hold(&mut w, messages)?;
-        self.write_held(&mut w)
-    }
-
-    /// Send one message with the next write or socket read of this connection, rather
-    /// than now: the connection's reader calls this for replies, and writes them all
-    /// before its next socket read ([`ConnStream`]'s read: it has no whole frame left),
-    /// or with [`Sink::flush`] (another thread reads now, or a handler runs long).
-    pub(crate) fn send_later(&self, message: Message) -> Result<(), tungstenite::Error> {
-        let mut w = lock(&self.writer);
-        self.hold(&mut w, [message])?;
-        if w.held.len() >= HOLD_AT_MOST {
-            self.write_held(&mut w)?;
-        }
-        Ok(())
-    }
-
-    /// Encode frames into the held-back bytes.
-    fn hold(
-        &self,
-        w: &mut Writer,
-        messages: impl IntoIterator<Item = Message>,
-    ) -> Result<(), tungstenite::Error> {
-        if w.closing {
-            return Err(tungstenite::Error::AlreadyClosed);
-        }
-        for message in messages {
-            let large = message.len() > LARGE_FRAME;
-            w.ctx.write(&mut Held(&mut w.held), message)?;
-            if large {
-                // The context keeps its output buffer at its largest size; an idle
-                // connection should not hold on to the biggest frame it ever sent.
-                w.ctx = WebSocketContext::new(w.role, Some(w.config));
-            }
-        }
-        self.holding.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// Whether replies are held back (a hint: [`Sink::flush`] looks again).
-    pub(crate) fn is_holding(&self) -> bool {
-        self.holding.load(Ordering::Acquire)
-    }
-
-    /// Write what [`Sink::send_later`] held back.
-    pub(crate) fn flush(&self) -> Result<(), tungstenite::Error> {
-        if !self.holding.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        self.write_held(&mut lock(&self.writer))
-    }
-
-    fn write_held(&self, w: &mut Writer) -> Result<(), tungstenite::Error> {
-        self.holding.store(false, Ordering::Release);
-        if w.held.is_empty() {
-            return Ok(());
-        }
-        let written = (&self.stream)
-            .write_all(&w.held)
-            .and_then(|()| (&self.stream).flush());
-        if w.held.capacity() > HELD_KEPT {
-            // An idle connection should not keep the largest batch it ever sent.
-            w.held = Vec::new();
-        } else {
-            w.held.clear();
-        }
-        written.map_err(|e| {
-            self.stall_on_timeout(&e);
-            tungstenite::Error::Io(e)
-        })
-    }
-
-    /// Start the close handshake with `code` and `reason` (once; later calls do nothing).
-    pub(crate) fn close(&self, code: u16, reason: &str) -> Result<(), tungstenite::Error> {
-        self.close_locked(&mut lock(&self.writer), code, reason)
-    }
-
-    /// [`Sink::close`] unless a write is under way (it may be blocked on a peer that
-    /// does not read): then `false`, and nothing is sent.
-    pub(crate) fn try_close(&self, code: u16, reason: &str) -> bool {
-        match self.writer.try_lock() {
-            Ok(mut w) => {
-                let _ = self.close_locked(&mut w, code, reason);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    fn close_locked(
-        &self,
-        w: &mut Writer,
-        code: u16,
-        reason: &str,
-    ) -> Result<(), tungstenite::Error> {
-        if w.close_sent {
-            return Ok(());
-        }
-        // Replies held back go out before the close frame (or not at all).
-        let _ = self.write_held(w);
-        w.closing = true;
-        w.close_sent = true;
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: truncate_reason(reason).into(),
-        };
-        w.ctx.close(&mut &self.stream, Some(frame))
-    }
-
-    /// The peer sent its close frame: our reader answers it; no data may follow.
-    pub(crate) fn peer_closed(&self) {
-        lock(&self.writer).closing = true;
-    }
-
-    /// Bytes the reader's tungstenite context wants sent (pongs, close replies); they
-    /// arrive as whole frames.
-    fn write_raw(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut w = lock(&self.writer);
-        if w.close_sent {
-            return Ok(());
-        }
-        self.write_held(&mut w).map_err(into_io)?;
-        (&self.stream)
-            .write_all(bytes)
-            .inspect_err(|e| self.stall_on_timeout(e))?;
-        // After the peer's close frame the reader writes only its close reply: that
-        // was our close frame, and nothing may follow it.
-        if w.closing {
-            w.close_sent = true;
-        }
-        Ok(())
-    }
-
-    /// A write that timed out means the peer stopped reading: [`Sink::stall`].
-    fn stall_on_timeout(&self, e: &io::Error) {
-        if matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) {
-            self.stall();
-        }
-    }
-
-    /// The peer stopped reading: a write has waited past its timeout. The connection
-    /// is cut, which wakes its reader and every writer waiting behind this one.
-    fn stall(&self) {
-        self.stalled.store(true, Ordering::SeqCst);
-        self.shutdown();
-    }
-
-    pub(crate) fn is_stalled(&self) -> bool {
-        self.stalled.load(Ordering::SeqCst)
-    }
-
-    /// Drop the TCP connection at once, waking a reader blocked on it.
-    pub(crate) fn shutdown(&self) {
-        let _ = self.stream.tcp().shutdown(Shutdown::Both);
-    }
-}
-
-/// A close reason must fit a control frame: 123 bytes, cut on a character boundary.
-fn truncate_reason(reason: &str) -> String {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
-}
-
-/// Frames larger than this do not keep their buffer once sent.
+/// Frames at least this large are read apart from what follows them, and the
+/// reader's buffer is not kept at their size.
 const LARGE_FRAME: usize = 64 << 10;
-
-/// The held-back frames as a stream tungstenite can write frames to (it asks for
-/// `Read` too, which it does not use for writing).
-struct Held<'a>(&'a mut Vec<u8>);
-
-impl Read for Held<'_> {
-    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-        Ok(0)
-    }
-}
-
-impl Write for Held<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A write error as the `io::Error` it mostly is.
-fn into_io(e: tungstenite::Error) -> io::Error {
-    match e {
-        tungstenite::Error::Io(e) => e,
-        other => io::Error::other(other),
-    }
-}
-
-/// Held-back replies are written once they reach this size, whatever the reader has
-/// left to do.
-const HOLD_AT_MOST: usize = 16 << 10;
-
-/// The buffer of held-back frames is kept between writes up to this capacity.
-const HELD_KEPT: usize = 1 << 10;
 
 /// Keep-alive settings of one side: ping a silent peer, give up on one silent too long.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -451,7 +109,7 @@ impl ConnStream {
             (a, b) => a.or(b),
         };
         self.intake = Some(Box::new(Intake::new(limits)));
-        self.sink.stream.set_read_timeout(tick)
+        self.sink.socket().set_read_timeout(tick)
     }
 
     /// The counter of message bytes, if [`ConnStream::limit`] set one.
@@ -503,9 +161,11 @@ impl ConnStream {
         self.deadline = None;
         self.heard = Instant::now();
         if heartbeat.peer_timeout.is_some() {
-            self.sink.stream.set_write_timeout(heartbeat.peer_timeout)?;
+            self.sink
+                .socket()
+                .set_write_timeout(heartbeat.peer_timeout)?;
         }
-        self.sink.stream.set_read_timeout(heartbeat.tick())
+        self.sink.socket().set_read_timeout(heartbeat.tick())
     }
 
     /// The reader woke without data: ping the peer, or report it dead.
@@ -543,7 +203,7 @@ impl Read for ConnStream {
                 // A signal delivered to this thread (a debugger, a profiler, the
                 // application's own) interrupts the wait; it is no reason to end the
                 // connection.
-                match self.sink.stream.read_before(buf, self.deadline) {
+                match self.sink.socket().read_before(buf, self.deadline) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         if let Some(intake) = &mut self.intake {
@@ -1249,13 +909,5 @@ mod tests {
             let rejoined: Vec<u8> = got[5..8].iter().flat_map(|(_, p)| p.clone()).collect();
             assert_eq!(rejoined, big, "step {step}");
         }
-    }
-
-    #[test]
-    fn reasons_are_cut_to_fit_a_control_frame() {
-        assert_eq!(truncate_reason("short"), "short");
-        let long = "é".repeat(100);
-        let cut = truncate_reason(&long);
-        assert!(cut.len() <= 123 && cut.chars().all(|c| c == 'é'));
     }
 }

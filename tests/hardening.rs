@@ -208,28 +208,6 @@ fn events_to_many_subscribers_go_through_at_most_max_writer_threads() {
 }
 
 #[test]
-fn an_event_to_idle_subscribers_reuses_writer_threads() {
-    let server = Server::bind("127.0.0.1:0").unwrap();
-    server.event("feed");
-    let mut subscribers = feed_subscribers(&server, 200);
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = peak_of(&server, |s| s.writer_threads, &stop);
-    server.emit("feed", [1]).unwrap();
-    for raw in &mut subscribers {
-        assert_eq!(raw.recv()["params"], json!([1]));
-    }
-    stop.store(true, Ordering::SeqCst);
-    // One thread per subscriber was the old way; the pool grows only while all its
-    // writers are busy, one thread at a time.
-    let peak = peak.join().unwrap();
-    assert!(
-        peak < 100,
-        "{peak} writer threads for one event to 200 idle subscribers"
-    );
-    server.close();
-}
-
-#[test]
 fn close_returns_while_a_handler_never_does() {
     let server = Server::builder()
         .config(common::quick_close(200))

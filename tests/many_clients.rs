@@ -217,5 +217,6 @@ fn refusals_and_drops(server: &Server) -> Stats {
     stats.handoff_threads = 0;
     stats.writers_at_cap = 0;
     stats.handoffs_at_cap = 0;
+    stats.writes_handed_over = 0;
     stats
 }

@@ -20,7 +20,9 @@ use super::{CloseInfo, CloseKind, Inner, Job, deadline_after, restore_then_open}
 use crate::error::{Error, ErrorDetail};
 use crate::lock;
 use crate::protocol::{Codec, Id, ServerMessage};
-use crate::transport::{ConnStream, Idle, Sink, Socket, close_info, is_timeout};
+use crate::sink::Sink;
+use crate::socket::Socket;
+use crate::transport::{ConnStream, Idle, close_info, is_timeout};
 
 /// What the client's owner tells its I/O thread.
 pub(super) enum Control {

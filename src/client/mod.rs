@@ -24,7 +24,8 @@ pub use builder::{ClientBuilder, CloseInfo, CloseKind};
 
 use crate::error::{Error, ErrorDetail};
 use crate::lock;
-use crate::transport::{Sink, message};
+use crate::sink::Sink;
+use crate::transport::message;
 use builder::{Hooks, Options};
 use link::Control;
 

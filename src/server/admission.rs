@@ -198,6 +198,7 @@ pub(crate) struct Counters {
     pub messages_timed_out: AtomicU64,
     pub over_message_budget: AtomicU64,
     pub params_past_bounds: AtomicU64,
+    pub writes_handed_over: AtomicU64,
 }
 
 impl Counters {
@@ -257,6 +258,10 @@ pub struct Stats {
     /// more than 1,000 event names in one `rpc.on` / `rpc.off`, or more JSON values than
     /// params may build (twice their size, at least 4 MiB).
     pub params_past_bounds: u64,
+    /// Times something the server pushed (an event, a close frame) did not fit a
+    /// client's socket buffer at once, so a writer thread finished the write: events
+    /// are written by the emitting thread, without waiting, while a client keeps up.
+    pub writes_handed_over: u64,
 }
 
 impl Stats {
@@ -281,6 +286,7 @@ impl Stats {
             over_message_budget: get(&counters.over_message_budget),
             message_bytes,
             params_past_bounds: get(&counters.params_past_bounds),
+            writes_handed_over: get(&counters.writes_handed_over),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One client connection after its handshake (`handshake.rs`): the thread that reads
-//! and answers requests, and a writer thread, started only while events are queued,
-//! for what the server pushes.
+//! and answers requests, and what the server pushes to it (events, close frames),
+//! written by the pushing thread without waiting while the socket has room, and by a
+//! writer thread of the pool only once the peer falls behind.
 //!
 //! Calls are answered on the reading thread itself (no hand-off on the hot path). While
 //! a handler runs, the reader is parked in `reader_slot`; if the handler is still
@@ -10,12 +11,11 @@
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
 use tungstenite::protocol::Role;
-use tungstenite::{Message, WebSocket};
+use tungstenite::{Bytes, Message, WebSocket};
 
 use super::Server;
 use super::admission::{Budget, Counters, Slot};
@@ -29,32 +29,17 @@ use crate::error::Error;
 use crate::lock;
 use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
-use crate::transport::{
-    ConnStream, Cutoff, Idle, IntakeLimits, Sink, close_info, is_timeout, message,
-};
+use crate::sink::{Offer, Progress, Sink};
+use crate::transport::{ConnStream, Cutoff, Idle, IntakeLimits, close_info, is_timeout, message};
 
 /// The reading half of a connection. Always boxed: it moves between threads and
 /// slots, and an idle connection's thread should keep its stack to two pages.
 pub(super) type Reader = Box<WebSocket<ConnStream>>;
 
-/// Queued frames a writer thread sends in one write, at most: 64, or as many as
-/// reach 16 KiB (each subscriber's batch is a copy of the shared event frames).
-const WRITE_AT_ONCE: usize = 64;
-const WRITE_BYTES_AT_ONCE: usize = 16 << 10;
 /// Writer threads only encode frame headers and write.
 pub(crate) const WRITER_STACK: usize = 64 << 10;
-/// How long an ended connection waits for its writer thread to stop.
+/// How long an ended connection waits for the writer of its queue to let go.
 const WRITER_STOP: Duration = Duration::from_secs(1);
-
-/// How a writer thread left a connection.
-enum Served {
-    /// It ended, or its writing is over: the writer flag is cleared.
-    Done,
-    /// Its queue was empty: the flag was cleared, and may be another writer's now.
-    Released,
-    /// Others wait for a writer: it queues again, the flag still set.
-    Yielded,
-}
 
 /// A writer thread of the pool: serves connections until the pool has none for it.
 pub(crate) fn writer_thread(server: Server) {
@@ -65,26 +50,12 @@ pub(crate) fn writer_thread(server: Server) {
     }
 }
 
-/// Something to write to a client from outside its reading thread.
-pub(crate) enum Outgoing {
-    Frame(Message),
-    Close(u16, String),
-    /// Write the replies the reader holds back (it is busy in a handler).
-    Flush,
-    /// The connection ended: the writer may stop.
-    Stop,
-}
-
 pub(crate) struct Conn {
     pub session: Session,
+    /// Where everything sent to the client goes; it queues the events that the
+    /// socket did not take at once, at most `capacity` of them.
     pub sink: Arc<Sink>,
-    /// Unbounded so that an idle connection holds no preallocated slots (a bounded
-    /// crossbeam channel of 1024 allocates 64 KiB up front); `queued` enforces the bound.
-    outbox: Sender<Outgoing>,
-    inbox: Receiver<Outgoing>,
-    queued: AtomicUsize,
     capacity: usize,
-    writer_running: AtomicBool,
     finished: AtomicBool,
     /// The reader, while the thread that owns it runs a handler. Whichever thread
     /// finishes a handler first takes it back and reads on; the others end.
@@ -101,10 +72,6 @@ pub(crate) struct Conn {
     at_call_limit: AtomicBool,
     /// Why the server dropped the connection, if it did.
     dropped_for: Mutex<Option<(u16, String)>>,
-    /// Frames the writer took but could not send (the connection had ended).
-    unsent: Mutex<Vec<Message>>,
-    /// Signalled when a writer thread ends.
-    writer_gone: (Mutex<()>, Condvar),
     /// The token of the parked session this connection resumes.
     pub resumes: Option<String>,
     /// Its place among the open connections: given back when the connection ends,
@@ -122,15 +89,10 @@ impl Conn {
         queue: usize,
         codec: Option<Codec>,
     ) -> Self {
-        let (outbox, inbox) = crossbeam_channel::unbounded();
         Conn {
             session,
             sink,
-            outbox,
-            inbox,
-            queued: AtomicUsize::new(0),
             capacity: queue.max(1),
-            writer_running: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             reader_slot: Mutex::new(None),
             parked: AtomicBool::new(false),
@@ -139,24 +101,15 @@ impl Conn {
             in_flight: AtomicUsize::new(0),
             at_call_limit: AtomicBool::new(false),
             dropped_for: Mutex::new(None),
-            unsent: Mutex::new(Vec::new()),
-            writer_gone: (Mutex::new(()), Condvar::new()),
             resumes: None,
             slot: Mutex::new(None),
             codec: AtomicU8::new(codec.map_or(0, |c| c.index() as u8 + 1)),
         }
     }
 
-    /// The frames queued for this (ended) connection that its writer did not take.
-    pub(crate) fn take_unsent(&self) -> Vec<Message> {
-        let mut unsent = std::mem::take(&mut *lock(&self.unsent));
-        while let Ok(item) = self.inbox.try_recv() {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            if let Outgoing::Frame(message) = item {
-                unsent.push(message);
-            }
-        }
-        unsent
+    /// The events queued for this (ended) connection that were not written.
+    pub(crate) fn take_unsent(&self) -> Vec<Bytes> {
+        self.sink.take_unsent()
     }
 
     /// The codec of the connection's events.
@@ -178,120 +131,40 @@ impl Conn {
             .compare_exchange(0, settled, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Queue a frame for the writer thread; `false` when the queue is full.
-    pub(crate) fn push(self: &Arc<Self>, server: &Server, item: Outgoing) -> bool {
-        let finished = self.finished.load(Ordering::SeqCst);
-        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            // An ended connection is not a slow client; its session keeps what fit.
-            return finished;
+    /// Send an event frame (whole, encoded once for every subscriber) without
+    /// waiting for the client: written at once while its socket has room, else queued
+    /// for a writer thread. `false` when `capacity` events are queued already.
+    pub(crate) fn push(self: &Arc<Self>, server: &Server, frame: &Bytes) -> bool {
+        match self.sink.offer(frame, self.capacity) {
+            Offer::Sent | Offer::Queued | Offer::Closed => true,
+            Offer::HandOver => {
+                self.hand_over(server);
+                true
+            }
+            // An ended connection is not a slow client.
+            Offer::Full => self.finished.load(Ordering::SeqCst),
         }
-        let _ = self.outbox.send(item);
-        if finished {
-            // Kept for the session, if it is parked (`take_unsent`).
-            return true;
-        }
-        if !self.writer_running.swap(true, Ordering::SeqCst) {
-            server.start_writing(self.clone());
-        }
-        true
     }
 
-    /// Send what is queued, on a writer thread of the pool, until the queue is empty,
-    /// the connection ends, or other connections wait for a writer (then this one
-    /// queues again behind them).
+    /// The socket is full: a writer thread of the pool finishes what is queued.
+    fn hand_over(self: &Arc<Self>, server: &Server) {
+        Counters::count(&server.counters().writes_handed_over);
+        server.start_writing(self.clone());
+    }
+
+    /// On a writer thread of the pool: write what is queued, waiting for the client
+    /// to make room, until the queue is empty, the connection ends, or other
+    /// connections wait for a writer (then this one queues again behind them).
     pub(crate) fn write_queued(self: &Arc<Self>, server: &Server) {
-        match self.write_frames(server) {
-            Served::Done => {
-                // Say it ended: `finish` waits for this before the dispatcher takes
-                // what is left in the queue.
-                let _guard = lock(&self.writer_gone.0);
-                self.writer_running.store(false, Ordering::SeqCst);
-                self.writer_gone.1.notify_all();
-            }
-            // Only `finish` waits for the flag, and only once `finished` is set: the
-            // flag was cleared before this look, so a finish that set it later sees it
-            // clear without waiting. Most releases take no lock.
-            Served::Released if self.finished.load(Ordering::SeqCst) => {
-                let _guard = lock(&self.writer_gone.0);
-                self.writer_gone.1.notify_all();
-            }
-            Served::Released => {}
-            // Still ours: `writer_running` stays set while it waits in the pool.
-            Served::Yielded => server.start_writing(self.clone()),
-        }
-    }
-
-    /// Write queued frames until the queue is empty, the connection ended, or others
-    /// wait for a writer.
-    fn write_frames(&self, server: &Server) -> Served {
         loop {
-            let next = self.inbox.try_recv();
-            if next.is_ok() {
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-            }
-            match next {
-                Ok(Outgoing::Frame(message)) => {
-                    // The frames queued behind it go out in the same write.
-                    let mut bytes = message.len();
-                    let mut frames = vec![message];
-                    let mut after = None;
-                    while frames.len() < WRITE_AT_ONCE
-                        && bytes < WRITE_BYTES_AT_ONCE
-                        && let Ok(item) = self.inbox.try_recv()
-                    {
-                        self.queued.fetch_sub(1, Ordering::SeqCst);
-                        match item {
-                            Outgoing::Frame(message) => {
-                                bytes += message.len();
-                                frames.push(message);
-                            }
-                            other => {
-                                after = Some(other);
-                                break;
-                            }
-                        }
-                    }
-                    // Frames that cannot go out are handed back for a parked session
-                    // (all of them: some may reach the client twice, none is lost).
-                    if self.finished.load(Ordering::SeqCst)
-                        || self.sink.send_all(frames.iter().cloned()).is_err()
-                    {
-                        lock(&self.unsent).extend(frames);
-                        // A write that failed ends the connection: its reader wakes and
-                        // finishes it, and no more frames pile up for a dead client.
-                        self.sink.shutdown();
-                        return Served::Done;
-                    }
-                    match after {
-                        Some(Outgoing::Close(code, reason)) => {
-                            let _ = self.sink.close(code, &reason);
-                        }
-                        Some(Outgoing::Stop) => return Served::Done,
-                        _ => {}
-                    }
+            match self.sink.write_some() {
+                Progress::Empty | Progress::Failed => return,
+                Progress::More if server.writers().others_waiting() => {
+                    // Still the writer of this queue: it waits in the pool.
+                    server.start_writing(self.clone());
+                    return;
                 }
-                Ok(Outgoing::Close(code, reason)) => {
-                    let _ = self.sink.close(code, &reason);
-                }
-                Ok(Outgoing::Flush) => {
-                    let _ = self.sink.flush();
-                }
-                Ok(Outgoing::Stop) => return Served::Done,
-                Err(_) => {
-                    // Empty: let go, unless a frame slipped in meanwhile (then whoever
-                    // sets the flag first writes it).
-                    self.writer_running.store(false, Ordering::SeqCst);
-                    if self.inbox.is_empty() || self.writer_running.swap(true, Ordering::SeqCst) {
-                        return Served::Released;
-                    }
-                }
-            }
-            if self.finished.load(Ordering::SeqCst) {
-                return Served::Done;
-            }
-            if server.writers().others_waiting() && !self.inbox.is_empty() {
-                return Served::Yielded;
+                Progress::More => {}
             }
         }
     }
@@ -299,15 +172,15 @@ impl Conn {
     /// A handler runs long: have the writer send the replies held back before it
     /// (answers to earlier requests of the same read), rather than let them wait for it.
     pub(crate) fn flush_soon(self: &Arc<Self>, server: &Server) {
-        if self.sink.is_holding() {
-            self.push(server, Outgoing::Flush);
+        if self.sink.is_holding() && self.sink.offer_held() == Offer::HandOver {
+            self.hand_over(server);
         }
     }
 
-    /// Start the close handshake from outside the reading thread.
+    /// Start the close handshake from outside the reading thread, without waiting.
     pub(crate) fn close(self: &Arc<Self>, server: &Server, code: u16, reason: &str) {
-        if !self.push(server, Outgoing::Close(code, reason.to_owned())) {
-            self.drop_connection(code, reason);
+        if self.sink.offer_close(code, reason) == Offer::HandOver {
+            self.hand_over(server);
         }
     }
 
@@ -628,26 +501,10 @@ fn finish(
         ));
     }
     conn.finished.store(true, Ordering::SeqCst);
-    conn.queued.fetch_add(1, Ordering::SeqCst);
-    let _ = conn.outbox.send(Outgoing::Stop);
     conn.sink.shutdown();
-    // The writer fails fast on the shut socket; once it is gone, what it did not send
-    // is all in the queue (or handed back) for the dispatcher to park with the session.
-    let deadline = Instant::now() + WRITER_STOP;
-    let mut guard = lock(&conn.writer_gone.0);
-    while conn.writer_running.load(Ordering::SeqCst) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        guard = conn
-            .writer_gone
-            .1
-            .wait_timeout(guard, left)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
-    drop(guard);
+    // A write under way fails fast on the shut socket; once its writer has let go,
+    // what was not written is in the queue for the dispatcher to park with the session.
+    conn.sink.wait_unowned(crate::deadline(WRITER_STOP));
     // A client that said goodbye, or that the server dropped for cause, does not
     // come back to its session; one that just vanished (or timed out) may.
     let dropped = lock(&conn.dropped_for).clone();

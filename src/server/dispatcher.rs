@@ -10,16 +10,16 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
-use tungstenite::Message;
+use tungstenite::Bytes;
 
 use super::Server;
 use super::admission::Counters;
-use super::connection::{Conn, Outgoing};
+use super::connection::Conn;
 use super::resume::{Claimed, Parked, Parking};
 use super::socket_ids::SocketIds;
 use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
-use crate::transport::message;
+use crate::sink::server_frame;
 
 /// Everything the dispatcher is asked to do.
 pub(crate) enum Command {
@@ -293,8 +293,8 @@ impl Dispatcher {
                 session.socket_id,
                 session.missed.len()
             );
-            for frame in session.missed {
-                if !conn.push(&self.server, Outgoing::Frame(frame)) {
+            for frame in &session.missed {
+                if !conn.push(&self.server, frame) {
                     conn.drop_connection(1008, "outgoing queue full");
                     break;
                 }
@@ -388,7 +388,7 @@ impl Dispatcher {
             let Some(frame) = frames.get(conn.codec()) else {
                 continue;
             };
-            if !conn.push(&self.server, Outgoing::Frame(frame)) {
+            if !conn.push(&self.server, &frame) {
                 warn_limited!(
                     "client {} let its outgoing queue fill up; disconnecting it",
                     conn.session.socket_id
@@ -486,7 +486,7 @@ impl Dispatcher {
 struct EventFrames<'a> {
     name: &'a str,
     params: &'a Value,
-    frames: [Option<Message>; 2],
+    frames: [Option<Bytes>; 2],
     #[cfg(test)]
     encodings: usize,
 }
@@ -502,14 +502,14 @@ impl<'a> EventFrames<'a> {
         }
     }
 
-    fn get(&mut self, codec: Codec) -> Option<Message> {
+    fn get(&mut self, codec: Codec) -> Option<Bytes> {
         let slot = &mut self.frames[codec.index()];
         if slot.is_none() {
             #[cfg(test)]
             {
                 self.encodings += 1;
             }
-            match message(codec, codec.encode_event(self.name, self.params)) {
+            match server_frame(codec, codec.encode_event(self.name, self.params)) {
                 Ok(frame) => *slot = Some(frame),
                 Err(e) => log::error!("event '{}' did not encode: {e}", self.name),
             }
@@ -533,15 +533,12 @@ mod tests {
             }
         }
         assert_eq!(frames.encodings, 2);
-        assert_eq!(
-            frames.get(Codec::Json),
-            Some(Message::Text(
-                r#"{"notification":"feed","params":{"a":1}}"#.into()
-            ))
-        );
-        assert!(matches!(
-            frames.get(Codec::MsgPack),
-            Some(Message::Binary(_))
-        ));
+        // Whole server frames: FIN and the opcode (text, binary), the length, the
+        // payload; no mask.
+        let json = r#"{"notification":"feed","params":{"a":1}}"#;
+        let mut text = vec![0x81, json.len() as u8];
+        text.extend_from_slice(json.as_bytes());
+        assert_eq!(frames.get(Codec::Json).as_deref(), Some(&text[..]));
+        assert_eq!(frames.get(Codec::MsgPack).map(|f| f[0]), Some(0x82));
     }
 }

@@ -19,7 +19,8 @@ use super::resume::{Claimed, RESUME_HEADER, RESUMED_HEADER, SESSION_HEADER, new_
 use crate::error::Error;
 use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
-use crate::transport::{ConnStream, Sink};
+use crate::sink::Sink;
+use crate::transport::ConnStream;
 
 /// The WebSocket handshake, within `handshake_timeout`.
 pub(super) fn open(

@@ -492,13 +492,13 @@ impl Server {
     }
 
     /// The byte stream of an accepted connection: TLS if the server serves TLS.
-    pub(crate) fn socket(&self, stream: TcpStream) -> Result<crate::transport::Socket, Error> {
+    pub(crate) fn socket(&self, stream: TcpStream) -> Result<crate::socket::Socket, Error> {
         #[cfg(feature = "tls")]
         if let Some(config) = &self.shared.tls {
             let tls = crate::tls::TlsSocket::server(stream, config.clone())?;
-            return Ok(crate::transport::Socket::Tls(Box::new(tls)));
+            return Ok(crate::socket::Socket::Tls(Box::new(tls)));
         }
-        Ok(crate::transport::Socket::Plain(stream))
+        Ok(crate::socket::Socket::Plain(stream))
     }
 
     pub(crate) fn writers(&self) -> &threads::WriterPool<connection::Conn> {

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use tungstenite::Message;
+use tungstenite::Bytes;
 
 use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
@@ -43,7 +43,7 @@ pub(crate) struct Parked {
     pub subscriptions: Vec<String>,
     pub codec: Codec,
     /// Frames it was not sent, oldest first.
-    pub missed: Vec<Message>,
+    pub missed: Vec<Bytes>,
     expires: Instant,
     /// A connection is resuming it (between its handshake and its registration).
     claimed: bool,
@@ -58,7 +58,7 @@ impl Parked {
         logged_in: bool,
         subscriptions: Vec<String>,
         codec: Codec,
-        unsent: Vec<Message>,
+        unsent: Vec<Bytes>,
         ttl: Duration,
     ) -> Self {
         Parked {
@@ -205,7 +205,7 @@ impl Parking {
         namespace: &str,
         event: &str,
         limit: usize,
-        mut frame: impl FnMut(Codec) -> Option<Message>,
+        mut frame: impl FnMut(Codec) -> Option<Bytes>,
     ) {
         let key = (namespace.to_owned(), event.to_owned());
         let Some(tokens) = self.by_event.get(&key) else {
@@ -284,13 +284,13 @@ mod tests {
             true,
             subscriptions.iter().map(|s| s.to_string()).collect(),
             Codec::Json,
-            vec![Message::Text("unsent".into())],
+            vec![Bytes::from_static(b"unsent")],
             ttl,
         )
     }
 
-    fn text(s: &str) -> Option<Message> {
-        Some(Message::Text(s.into()))
+    fn text(s: &str) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(s.as_bytes()))
     }
 
     #[test]
