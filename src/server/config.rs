@@ -92,7 +92,10 @@ pub struct ServerConfig {
     /// registered. Default `false`: such a client gets an empty namespace, as in
     /// rpc-websockets.
     pub refuse_unknown_namespaces: bool,
-    /// Most threads, server-wide, that write events and close frames to clients.
+    /// Most threads, server-wide, that write events and close frames to clients whose
+    /// socket buffer is full (while a client keeps up, the dispatcher writes to it
+    /// directly, without waiting, and no writer is involved; see
+    /// [`Stats::writes_handed_over`](super::Stats::writes_handed_over)).
     /// They are a pool: a writer serves one connection until its queue is empty, then
     /// the next connection waiting, and ends after 5 s without work. Past this many
     /// busy writers, connections wait for one to be free (counted in
