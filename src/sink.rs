@@ -82,6 +82,10 @@ struct Out {
     /// A thread owns the writing of `queue` (it may be writing right now, without
     /// the lock, or be waiting for a writer thread to take it up).
     writing: bool,
+    /// The writing was handed over and no thread has taken it up yet: whoever comes
+    /// first (a writer of the pool, or a connection's own thread that would otherwise
+    /// wait for one) takes it.
+    handed: bool,
     /// Bytes accepted and bytes written since the connection opened: a sender waits
     /// until `written` reaches the end of its own bytes.
     accepted: u64,
@@ -145,6 +149,7 @@ impl Sink {
                 front_sent: 0,
                 events: 0,
                 writing: false,
+                handed: false,
                 accepted: 0,
                 written: 0,
                 waiters: 0,
@@ -292,8 +297,11 @@ impl Sink {
             if self.is_dead() {
                 return Err(gone());
             }
-            if !w.writing {
+            if !w.writing || w.handed {
+                // Nobody writes, or the writing waits for a writer of the pool (which
+                // may all be busy with other clients): write it here.
                 w.writing = true;
+                w.handed = false;
                 return self.drain(w);
             }
             w.waiters += 1;
@@ -394,6 +402,7 @@ impl Sink {
     /// The writer lets go.
     fn release(&self, w: &mut Out) {
         w.writing = false;
+        w.handed = false;
         if w.waiters > 0 {
             self.progress.notify_all();
         }
@@ -471,6 +480,7 @@ impl Sink {
             });
             w.front_sent = n;
             w.events += 1;
+            w.handed = true;
             return Offer::HandOver;
         }
         self.try_drain(w)
@@ -488,7 +498,10 @@ impl Sink {
             w = back;
             match written {
                 Ok((n, tried)) if n == tried => {}
-                Ok(_) => return Offer::HandOver,
+                Ok(_) => {
+                    w.handed = true;
+                    return Offer::HandOver;
+                }
                 Err(e) => {
                     self.fail(&mut w, &e, false);
                     return Offer::Queued;
@@ -532,8 +545,23 @@ impl Sink {
         self.try_drain(w)
     }
 
-    /// As the writer a thread that may wait was handed ([`Offer::HandOver`]): write
-    /// the front of the queue, waiting for room.
+    /// Take up writing that was handed over ([`Offer::HandOver`]); `false` if another
+    /// thread took it up meanwhile, or it is over. Then call [`Sink::write_some`].
+    pub(crate) fn take_up(&self) -> bool {
+        let mut w = lock(&self.out);
+        let handed = w.writing && w.handed;
+        w.handed = false;
+        handed
+    }
+
+    /// As the writer that took it up, hand the writing back (to wait in the pool
+    /// behind other connections).
+    pub(crate) fn hand_back(&self) {
+        lock(&self.out).handed = true;
+    }
+
+    /// As the writer that took up a handed-over write ([`Sink::take_up`]): write the
+    /// front of the queue, waiting for room.
     pub(crate) fn write_some(&self) -> Progress {
         let mut w = lock(&self.out);
         if self.is_dead() {
@@ -643,11 +671,17 @@ impl Sink {
             .collect()
     }
 
-    /// Wait until nobody writes for this connection, or `deadline` passes; whether
-    /// nobody does.
+    /// Once the connection is shut down: wait until no thread writes for it, or
+    /// `deadline` passes; whether none does. A write handed over and not taken up
+    /// yet is dropped at once.
     pub(crate) fn wait_unowned(&self, deadline: Instant) -> bool {
         let mut w = lock(&self.out);
         while w.writing {
+            if w.handed {
+                // No thread is on it: the connection has ended, nothing to wait for.
+                self.release(&mut w);
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
@@ -761,6 +795,8 @@ mod tests {
     fn pair() -> (Sink, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let (ours, _) = listener.accept().unwrap();
         let sink = Sink::new(
             Socket::Plain(ours),
@@ -838,7 +874,9 @@ mod tests {
             offered.push(frame);
         }
         assert_eq!(sink.offer(&event(n, 16 << 10), 8), Offer::Full);
-        // A writer that may wait finishes while the peer reads.
+        // A writer that may wait takes it up and finishes while the peer reads.
+        assert!(sink.take_up());
+        assert!(!sink.take_up(), "taken up twice");
         let writer = std::thread::scope(|scope| {
             let writer = scope.spawn(|| {
                 let mut writes = 0;
@@ -863,7 +901,7 @@ mod tests {
     }
 
     #[test]
-    fn a_blocking_send_queues_behind_a_handed_over_write_and_waits_for_it() {
+    fn a_blocking_send_takes_up_a_handed_over_write_rather_than_wait_for_a_writer() {
         let (sink, mut peer) = pair();
         let mut offered = Vec::new();
         let mut n = 0;
@@ -874,17 +912,20 @@ mod tests {
             offered.push(frame);
             offer == Offer::Sent
         } {}
-        std::thread::scope(|scope| {
-            // A reply from the connection's own thread: it must come after the events.
-            let replier = scope.spawn(|| sink.send(Message::text("reply")));
-            let writer = scope.spawn(|| while sink.write_some() == Progress::More {});
-            assert_eq!(numbers(&mut peer, &offered), (0..n).collect::<Vec<_>>());
-            let mut reply = [0u8; 7];
-            peer.read_exact(&mut reply).unwrap();
-            assert_eq!(&reply[2..], b"reply");
-            replier.join().unwrap().unwrap();
-            writer.join().unwrap();
-        });
+        // No writer of the pool comes (they may all be busy with other clients): a
+        // reply from the connection's own thread writes the events, then itself.
+        let sink = std::sync::Arc::new(sink);
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        let replier = sink.clone();
+        std::thread::spawn(move || sent_tx.send(replier.send(Message::text("reply"))));
+        assert_eq!(numbers(&mut peer, &offered), (0..n).collect::<Vec<_>>());
+        let mut reply = [0u8; 7];
+        peer.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply[2..], b"reply");
+        let sent = sent_rx.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(sent, Ok(Ok(()))), "{sent:?}");
+        assert!(!sink.take_up(), "a writer of the pool would write it again");
+        assert_eq!(sink.offer(&event(n, 10), 1000), Offer::Sent);
     }
 
     #[test]

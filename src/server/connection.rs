@@ -156,11 +156,16 @@ impl Conn {
     /// to make room, until the queue is empty, the connection ends, or other
     /// connections wait for a writer (then this one queues again behind them).
     pub(crate) fn write_queued(self: &Arc<Self>, server: &Server) {
+        // The connection's own thread may have taken it up meanwhile.
+        if !self.sink.take_up() {
+            return;
+        }
         loop {
             match self.sink.write_some() {
                 Progress::Empty | Progress::Failed => return,
                 Progress::More if server.writers().others_waiting() => {
-                    // Still the writer of this queue: it waits in the pool.
+                    // Still to be written: it waits in the pool again.
+                    self.sink.hand_back();
                     server.start_writing(self.clone());
                     return;
                 }
