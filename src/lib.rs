@@ -39,9 +39,9 @@
 //! ## Threads and limits
 //! The server reads each connection on its own thread and answers calls there; one
 //! dispatcher thread owns subscriptions and fans events out, writing each event into
-//! every subscriber's socket without waiting; a client whose socket is full gets a
-//! bounded queue, drained by a pool of writer threads, so a slow client is cut off
-//! instead of holding anyone up. A handler that runs long does not delay the next requests of
+//! every subscriber's socket without waiting (over plain TCP on Unix); a client whose
+//! socket is full (or a TLS client) gets a bounded queue, drained by a pool of writer
+//! threads, so a slow client is cut off instead of holding anyone up. A handler that runs long does not delay the next requests of
 //! its connection: after [`ServerConfig::slow_call_threshold`] another thread takes over
 //! reading them. Every such thread, queue and buffer has a bound in [`ServerConfig`],
 //! with defaults meant for a server on the internet, and a counter in [`Stats`].

@@ -10,7 +10,9 @@
 //!   buffer is full is the rest handed over ([`Offer::HandOver`]) to a thread that may
 //!   wait, which then calls [`Sink::write_some`] until the queue is empty;
 //! - the connection's own threads (its reader sending replies, pongs and close frames;
-//!   a client's calls) send and wait until their bytes are written.
+//!   a client's calls) send and wait until their bytes are written: behind what is
+//!   queued already, which they write themselves if it waits for a writer thread, so
+//!   they only ever wait for their own peer.
 //!
 //! No lock is held across a socket write: the writer takes its bytes out of the
 //! queue, writes them, and comes back to account for them. Others meanwhile queue
@@ -279,6 +281,9 @@ impl Sink {
     }
 
     fn push(w: &mut Out, bytes: Bytes, event: bool) {
+        if bytes.is_empty() {
+            return;
+        }
         w.accepted += bytes.len() as u64;
         w.events += usize::from(event);
         w.queue.push_back(Chunk { bytes, event });
@@ -359,7 +364,7 @@ impl Sink {
         let slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
         let written = loop {
             let result = if wait {
-                (&self.socket).write_vectored(&slices)
+                self.socket.write_waiting(&slices)
             } else {
                 self.socket.try_write(&slices).unwrap_or(Ok(0))
             };
@@ -585,21 +590,22 @@ impl Sink {
         Progress::More
     }
 
-    /// Start the close handshake with `code` and `reason` (once; later calls do
-    /// nothing), and wait until the close frame is written.
+    /// Start the close handshake with `code` and `reason` (once: later calls only
+    /// wait), and wait until the close frame is written.
     pub(crate) fn close(&self, code: u16, reason: &str) -> Result<(), tungstenite::Error> {
         let mut w = lock(&self.out);
-        if w.close_sent {
-            return Ok(());
+        // Already queued (by a thread that does not wait): see it written all the same.
+        if !w.close_sent {
+            self.queue_close(&mut w, code, reason)?;
         }
-        self.queue_close(&mut w, code, reason)?;
         let end = w.accepted;
         self.wait_written(w, end)
     }
 
     /// [`Sink::close`] unless a write is under way (it may be blocked on a peer that
-    /// does not read) or the close frame does not fit the socket's buffer at once:
-    /// then `false`, and the caller cuts the connection.
+    /// does not read) or the close frame does not fit the socket's buffer at once
+    /// (over TLS it is written, waiting as a reply would): then `false`, and the
+    /// caller cuts the connection.
     pub(crate) fn try_close(&self, code: u16, reason: &str) -> bool {
         let mut w = lock(&self.out);
         if w.close_sent {
@@ -607,6 +613,12 @@ impl Sink {
         }
         if w.writing || self.queue_close(&mut w, code, reason).is_err() {
             return false;
+        }
+        if !self.socket.writes_without_waiting() {
+            // TLS: a close frame is a record of its own, written whole. It goes to the
+            // caller's own peer, within the write timeout, as any reply would.
+            w.writing = true;
+            return self.drain(w).is_ok();
         }
         match self.try_own(w) {
             Offer::Sent => true,

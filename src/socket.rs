@@ -61,9 +61,10 @@ impl Socket {
             #[cfg(unix)]
             Socket::Plain(tcp) => {
                 let socket = socket2::SockRef::from(tcp);
+                let flags = libc::MSG_DONTWAIT | NO_SIGNAL;
                 let sent = match bufs {
-                    [one] => socket.send_with_flags(one, libc::MSG_DONTWAIT),
-                    _ => socket.send_vectored_with_flags(bufs, libc::MSG_DONTWAIT),
+                    [one] => socket.send_with_flags(one, flags),
+                    _ => socket.send_vectored_with_flags(bufs, flags),
                 };
                 Some(match sent {
                     Err(e)
@@ -82,11 +83,54 @@ impl Socket {
         }
     }
 
+    /// Whether [`Socket::try_write`] can write at all.
+    pub(crate) fn writes_without_waiting(&self) -> bool {
+        cfg!(unix) && matches!(self, Socket::Plain(_))
+    }
+
+    /// Write what fits, waiting for room up to the write timeout. Like std's own
+    /// writes, never raises SIGPIPE on a connection the peer has reset (a plain
+    /// `writev` would, killing a host process that has not ignored it).
+    pub(crate) fn write_waiting(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            #[cfg(unix)]
+            Socket::Plain(tcp) => {
+                socket2::SockRef::from(tcp).send_vectored_with_flags(bufs, NO_SIGNAL)
+            }
+            #[allow(unreachable_patterns)]
+            _ => (&*self).write_vectored(bufs),
+        }
+    }
+
     /// Drop the TCP connection at once, waking a reader blocked on it.
     pub(crate) fn shutdown(&self) {
         let _ = self.tcp().shutdown(Shutdown::Both);
     }
 }
+
+/// The flag that keeps a send to a reset connection from raising SIGPIPE, where
+/// there is one (elsewhere std sets `SO_NOSIGPIPE` on its sockets).
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+const NO_SIGNAL: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(all(
+    unix,
+    not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    ))
+))]
+const NO_SIGNAL: libc::c_int = 0;
 
 /// Set the read timeout to what is left before `deadline`; `TimedOut` if nothing is.
 pub(crate) fn arm_deadline(tcp: &TcpStream, deadline: Option<Instant>) -> io::Result<()> {

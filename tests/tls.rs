@@ -203,3 +203,24 @@ fn both_sides_writing_large_frames_at_once_do_not_stall() {
     client.close();
     server.close();
 }
+
+#[test]
+fn a_wss_client_that_closes_sends_its_close_frame() {
+    let tls = tls();
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server = common::start_with(Server::builder().tls(tls.server.clone()).on_disconnection(
+        move |info| {
+            let _ = tx.lock().unwrap().send(info.code);
+        },
+    ));
+    let client = trusting(&tls, &server).connect().unwrap();
+    assert_eq!(client.call("sum", [5, 3]).unwrap(), json!(8));
+    client.close();
+    let code = rx.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(
+        code, 1000,
+        "the client's close frame did not reach the server"
+    );
+    server.close();
+}

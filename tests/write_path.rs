@@ -139,3 +139,52 @@ fn a_stalled_subscriber_is_cut_off_by_the_queue_bound_and_the_others_keep_receiv
     );
     server.close();
 }
+
+#[test]
+fn a_clients_reply_does_not_wait_for_a_writer_busy_with_another_client() {
+    let mut config = ServerConfig::default();
+    config.max_writer_threads = 1;
+    config.outgoing_queue = 100_000;
+    config.ping_interval = None;
+    config.peer_timeout = Some(Duration::from_secs(8));
+    let server = Server::builder()
+        .config(config)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    server.event("stall");
+    server.event("feed");
+    let payload = "x".repeat(256 << 10);
+    // The only writer thread blocks on a client that never reads.
+    let mut stalled = Raw::connect(&url(&server, "/"));
+    assert_eq!(
+        stalled.call("rpc.on", json!(["stall"]))["result"]["stall"],
+        "ok"
+    );
+    for i in 0..100 {
+        server.emit("stall", (i, &payload)).unwrap();
+    }
+    assert!(wait_until(|| server.stats().writes_handed_over == 1));
+    // Another client's socket fills while it is busy: its queue waits for a writer.
+    let mut busy = Raw::connect(&url(&server, "/"));
+    assert_eq!(busy.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
+    for i in 0..100 {
+        server.emit("feed", (i, &payload)).unwrap();
+    }
+    assert!(wait_until(|| server.stats().writes_handed_over == 2));
+    // It reads again and asks something: its reply comes behind its events, written
+    // by its own thread, long before the stalled client's peer_timeout.
+    let started = std::time::Instant::now();
+    busy.send_text(r#"{"jsonrpc":"2.0","method":"rpc.on","params":["feed"],"id":7}"#);
+    let mut events = 0;
+    while busy.recv().get("id").is_none() {
+        events += 1;
+    }
+    let took = started.elapsed();
+    assert_eq!(events, 100);
+    assert!(
+        took < Duration::from_secs(4),
+        "the reply waited {took:?} for the writer blocked on another client"
+    );
+    drop(stalled);
+    server.close();
+}

@@ -261,6 +261,7 @@ pub struct Stats {
     /// Times something the server pushed (an event, a close frame) did not fit a
     /// client's socket buffer at once, so a writer thread finished the write: events
     /// are written by the emitting thread, without waiting, while a client keeps up.
+    /// Over TLS (and off Unix) every event goes through a writer thread and counts.
     pub writes_handed_over: u64,
 }
 

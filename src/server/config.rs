@@ -93,8 +93,9 @@ pub struct ServerConfig {
     /// rpc-websockets.
     pub refuse_unknown_namespaces: bool,
     /// Most threads, server-wide, that write events and close frames to clients whose
-    /// socket buffer is full (while a client keeps up, the dispatcher writes to it
-    /// directly, without waiting, and no writer is involved; see
+    /// socket buffer is full (while a plain-TCP client keeps up, the dispatcher writes
+    /// to it directly, without waiting, and no writer is involved; TLS clients are
+    /// always written to by a writer; see
     /// [`Stats::writes_handed_over`](super::Stats::writes_handed_over)).
     /// They are a pool: a writer serves one connection until its queue is empty, then
     /// the next connection waiting, and ends after 5 s without work. Past this many
