@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::peers::Peer;
 use crate::plot::{self, Bar, Panel};
-use crate::{Figures, Measured};
+use crate::{Figures, Measured, steady};
 
 /// One column of a workload's table.
 struct Metric {
@@ -36,6 +36,14 @@ const FANOUT: [Metric; 6] = [
     metric("events per CPU-s", true),
     metric("peak RSS MiB", false),
 ];
+const STEADY: [Metric; 6] = [
+    metric("p50 ms", false),
+    metric("p99 ms", false),
+    metric("p99.9 ms", false),
+    metric("server CPU %", false),
+    metric("CPU µs per event", false),
+    metric("peak RSS MiB", false),
+];
 const IDLE: [Metric; 2] = [
     metric("connections held", true),
     metric("MiB per 1,000", false),
@@ -46,6 +54,7 @@ impl Figures {
         match self {
             Figures::Calls(_) => &CALLS,
             Figures::Fanout(_) => &FANOUT,
+            Figures::Steady(_) => &STEADY,
             Figures::Idle(_) => &IDLE,
         }
     }
@@ -68,14 +77,31 @@ impl Figures {
                 o.delivered_per_cpu_second,
                 o.peak_rss_mib,
             ],
+            Figures::Steady(o) => vec![
+                o.latency_ms[0],
+                o.latency_ms[1],
+                o.latency_ms[2],
+                o.cpu_percent,
+                o.cpu_us_per_event,
+                o.peak_rss_mib,
+            ],
             Figures::Idle(o) => vec![o.held as f64, o.mib_per_1000],
         }
     }
 
     /// Each figure's median over runs of one workload, taken figure by figure (so a
     /// row may mix runs; a p99 is one run's p99, not that of all samples); the upper
-    /// middle one for an even count. Wire bytes are the first run's.
+    /// middle one for an even count. Wire bytes are the first run's. Steady-rate
+    /// runs' event counts are summed instead, and the emitter's lag is the worst, so
+    /// that a loss in any round shows.
     pub fn median(mut runs: Vec<Figures>) -> Figures {
+        let steady: Vec<steady::Outcome> = runs
+            .iter()
+            .filter_map(|f| match f {
+                Figures::Steady(o) => Some(o.clone()),
+                _ => None,
+            })
+            .collect();
         let columns: Vec<Vec<f64>> = runs.iter().map(Figures::values).collect();
         let mut first = runs.swap_remove(0);
         let medians: Vec<f64> = (0..columns[0].len())
@@ -90,6 +116,12 @@ impl Figures {
             })
             .collect();
         first.set_values(&medians);
+        if let Figures::Steady(o) = &mut first {
+            o.delivered = steady.iter().map(|r| r.delivered).sum();
+            o.expected = steady.iter().map(|r| r.expected).sum();
+            o.late = steady.iter().map(|r| r.late).sum();
+            o.behind_ms = steady.iter().map(|r| r.behind_ms).fold(0.0, f64::max);
+        }
         first
     }
 
@@ -106,6 +138,12 @@ impl Figures {
                 o.delivered_per_second = v[0];
                 o.latency_ms = [v[1], v[2], v[3]];
                 o.delivered_per_cpu_second = v[4];
+                o.peak_rss_mib = v[5];
+            }
+            Figures::Steady(o) => {
+                o.latency_ms = [v[0], v[1], v[2]];
+                o.cpu_percent = v[3];
+                o.cpu_us_per_event = v[4];
                 o.peak_rss_mib = v[5];
             }
             Figures::Idle(o) => {
@@ -126,17 +164,29 @@ impl Figures {
         match self {
             Figures::Calls(o) => line.push(format!("{} B/call", o.wire_bytes_per_call)),
             Figures::Idle(o) => line.push(format!("still answering {}", o.answering)),
+            Figures::Steady(o) => line.push(format!(
+                "delivered / expected {}, emitter behind {} ms",
+                steady_counts(o).replace("**", ""),
+                number(o.behind_ms)
+            )),
             Figures::Fanout(_) => {}
         }
         line.join(", ")
     }
 
-    /// A last column that is not a figure: whether idle servers still answer.
-    fn note(&self) -> Option<&'static str> {
+    /// Last columns that are not figures: whether idle servers still answer; what
+    /// steady-rate subscribers received, and how far the emitter lagged.
+    fn notes(&self) -> Vec<(&'static str, String)> {
         match self {
-            Figures::Idle(o) if o.answering => Some("yes"),
-            Figures::Idle(_) => Some("**no**"),
-            _ => None,
+            Figures::Idle(o) => {
+                let yes = if o.answering { "yes" } else { "**no**" };
+                vec![("still answering", yes.to_owned())]
+            }
+            Figures::Steady(o) => vec![
+                ("delivered / expected", steady_counts(o)),
+                ("emitter behind ms", number(o.behind_ms)),
+            ],
+            _ => Vec::new(),
         }
     }
 }
@@ -165,6 +215,14 @@ impl Measured {
         self.column(i).find(|(p, _)| *p == peer).map(|(_, v)| v)
     }
 
+    /// Whether this is a steady-rate workload.
+    pub fn is_steady(&self) -> bool {
+        self.rows
+            .iter()
+            .any(|(_, r)| matches!(r, Ok(Figures::Steady(_))))
+            || self.slug.starts_with("steady-")
+    }
+
     fn metrics(&self) -> &'static [Metric] {
         self.rows
             .iter()
@@ -182,20 +240,43 @@ pub fn number(x: f64) -> String {
     }
 }
 
+/// A count in words: 7, 1,000, 60,000.
+pub fn whole(n: u64) -> String {
+    if n < 1000 {
+        n.to_string()
+    } else {
+        number(n as f64)
+    }
+}
+
+/// "delivered / expected", and what was lost (in bold) or late.
+pub fn steady_counts(o: &steady::Outcome) -> String {
+    let mut text = format!("{} / {}", whole(o.delivered), whole(o.expected));
+    if o.lost() > 0 {
+        let _ = write!(text, ", **{} lost**", whole(o.lost()));
+    }
+    if o.late > 0 {
+        let _ = write!(text, ", {} late", whole(o.late));
+    }
+    text
+}
+
 /// A workload's table: one row per server, each figure with its ratio to the best peer.
 pub fn table(m: &Measured) -> String {
     let metrics = m.metrics();
-    let noted = m
+    let note_heads: Vec<&str> = m
         .rows
         .iter()
-        .any(|(_, r)| r.as_ref().is_ok_and(|f| f.note().is_some()));
-    let columns = metrics.len() + usize::from(noted);
+        .find_map(|(_, r)| r.as_ref().ok())
+        .map(|f| f.notes().into_iter().map(|(head, _)| head).collect())
+        .unwrap_or_default();
+    let columns = metrics.len() + note_heads.len();
     let mut out = String::from("| server |");
     for metric in metrics {
         let _ = write!(out, " {} |", metric.name);
     }
-    if noted {
-        out.push_str(" still answering |");
+    for head in &note_heads {
+        let _ = write!(out, " {head} |");
     }
     out.push_str("\n|---|");
     out.push_str(&"---:|".repeat(columns));
@@ -221,7 +302,7 @@ pub fn table(m: &Measured) -> String {
                         .unwrap_or_default();
                     let _ = write!(out, " {}{ratio} |", number(v));
                 }
-                if let Some(note) = figures.note() {
+                for (_, note) in figures.notes() {
                     let _ = write!(out, " {note} |");
                 }
             }
@@ -237,6 +318,8 @@ pub fn chart(m: &Measured, subtitle: &str) -> String {
     let panels = match metrics.len() {
         0 => Vec::new(),
         2 => vec![panel(m, metrics, 1)],
+        // Steady rate: p99 latency and CPU per event.
+        _ if m.is_steady() => vec![panel(m, metrics, 1), panel(m, metrics, 4)],
         _ => vec![panel(m, metrics, 0), panel(m, metrics, 2)],
     };
     plot::svg(&m.title, subtitle, &panels)
@@ -246,6 +329,8 @@ fn panel(m: &Measured, metrics: &[Metric], i: usize) -> Panel {
     // A chart's title and the unit after each bar's figure.
     let (title, unit) = match metrics[i].name {
         "MiB per 1,000" => ("server RSS per 1,000 connections", "MiB"),
+        "server CPU %" => ("server CPU", "%"),
+        "CPU µs per event" => ("server CPU per event delivered", "µs"),
         name => match name.rsplit_once(' ') {
             Some((title, "ms")) => (title, "ms"),
             _ => (name, ""),
