@@ -411,6 +411,62 @@ mod tests {
         assert_eq!((m.held, m.mib_per_1000), (2, 9.0));
     }
 
+    fn steady_run(p99: f64, delivered: u64, late: u64, behind_ms: f64) -> Figures {
+        Figures::Steady(steady::Outcome {
+            latency_ms: [1.0, p99, 2.0 * p99],
+            cpu_percent: 50.0,
+            cpu_us_per_event: 10.0,
+            peak_rss_mib: 5.0,
+            delivered,
+            expected: 1000,
+            late,
+            behind_ms,
+        })
+    }
+
+    #[test]
+    fn steady_rounds_sum_their_counts_so_that_a_loss_in_any_round_shows() {
+        let runs = vec![
+            steady_run(3.0, 1000, 0, 1.0),
+            steady_run(9.0, 990, 4, 30.0),
+            steady_run(5.0, 1000, 0, 2.0),
+        ];
+        let Figures::Steady(o) = Figures::median(runs) else {
+            panic!("the kind changed")
+        };
+        assert_eq!(o.latency_ms[1], 5.0);
+        assert_eq!((o.delivered, o.expected, o.lost(), o.late), (2990, 3000, 10, 4));
+        assert_eq!(o.behind_ms, 30.0);
+    }
+
+    #[test]
+    fn a_steady_table_shows_losses_in_bold_and_charts_p99_and_cpu_per_event() {
+        let m = Measured {
+            slug: "steady-s10-r5".into(),
+            title: "steady".into(),
+            rows: vec![
+                (Peer::WsrpcJson, Ok(steady_run(2.0, 1000, 0, 0.5))),
+                (Peer::RpcWebsockets, Ok(steady_run(4.0, 997, 2, 12.0))),
+            ],
+        };
+        let table = table(&m);
+        let head = "| p50 ms | p99 ms | p99.9 ms | server CPU % | CPU µs per event | \
+                    peak RSS MiB | delivered / expected | emitter behind ms |";
+        assert!(table.contains(head), "{table}");
+        assert!(
+            table.contains("| 2.00 (0.50x) |") && table.contains("| 1,000 / 1,000 | 0.500 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 997 / 1,000, **3 lost**, 2 late | 12.0 |"),
+            "{table}"
+        );
+        let svg = chart(&m, "machine");
+        assert!(svg.contains(">p99 (lower is better)</text>"), "{svg}");
+        assert!(svg.contains(">server CPU per event delivered (lower is better)</text>"));
+        assert!(svg.contains(">10.0 µs</text>"), "{svg}");
+    }
+
     #[test]
     fn numbers_keep_a_sensible_precision() {
         assert_eq!(number(1234567.4), "1,234,567");

@@ -626,3 +626,65 @@ fn versions() -> String {
         tool("rustc", "--version"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steady_row(p99: f64, cpu_us: f64, delivered: u64) -> Result<Figures, String> {
+        Ok(Figures::Steady(steady::Outcome {
+            latency_ms: [1.0, p99, p99],
+            cpu_percent: 50.0,
+            cpu_us_per_event: cpu_us,
+            peak_rss_mib: 5.0,
+            delivered,
+            expected: 100,
+            late: 0,
+            behind_ms: 0.0,
+        }))
+    }
+
+    #[test]
+    fn steady_targets_are_ratios_to_node_and_a_loss_misses_nothing_lost() {
+        let results = [Measured {
+            slug: "steady-s1000-r20".into(),
+            title: "1,000 subscribers, 20 events/s each".into(),
+            rows: vec![
+                (Peer::WsrpcJson, steady_row(20.0, 9.0, 100)),
+                (Peer::WsrpcMsgPack, steady_row(20.0, 9.0, 98)),
+                (Peer::RpcWebsockets, steady_row(40.0, 6.0, 100)),
+            ],
+        }];
+        let t = targets(&results);
+        let p99 = "| 1,000 subscribers x 20 events/s: p99 latency at most 1x \
+                   rpc-websockets (Node)'s | 0.50x (20.0 vs 40.0) | yes |";
+        assert!(t.contains(p99), "{t}");
+        let cpu = "| 1,000 subscribers x 20 events/s: server CPU per event at most 1x \
+                   rpc-websockets (Node)'s | 1.50x (9.00 vs 6.00) | **no** |";
+        assert!(t.contains(cpu), "{t}");
+        let lost = "| 1,000 subscribers, 20 events/s each: nothing lost | wsrpc (JSON): \
+                    100 / 100; wsrpc (MessagePack): 98 / 100, **2 lost** | **no** |";
+        assert!(t.contains(lost), "{t}");
+    }
+
+    #[test]
+    fn the_quick_run_has_one_small_steady_workload_and_the_full_run_three() {
+        let slugs = |o: &Options| -> Vec<String> {
+            workloads(o)
+                .into_iter()
+                .filter(|w| matches!(w.kind, Kind::Steady(_)))
+                .map(|w| w.slug)
+                .collect()
+        };
+        let quick = Options {
+            quick: true,
+            ..Options::default()
+        };
+        assert_eq!(slugs(&quick), ["steady-s20-r50"]);
+        let full = slugs(&Options::default());
+        assert_eq!(
+            full,
+            ["steady-s1000-r20", "steady-s1000-r50", "steady-s100-r500"]
+        );
+    }
+}
