@@ -120,6 +120,7 @@ impl Figures {
             o.delivered = steady.iter().map(|r| r.delivered).sum();
             o.expected = steady.iter().map(|r| r.expected).sum();
             o.late = steady.iter().map(|r| r.late).sum();
+            o.dropped = steady.iter().map(|r| r.dropped).sum();
             o.behind_ms = steady.iter().map(|r| r.behind_ms).fold(0.0, f64::max);
         }
         first
@@ -252,8 +253,17 @@ pub fn whole(n: u64) -> String {
 /// "delivered / expected", and what was lost (in bold) or late.
 pub fn steady_counts(o: &steady::Outcome) -> String {
     let mut text = format!("{} / {}", whole(o.delivered), whole(o.expected));
-    if o.lost() > 0 {
-        let _ = write!(text, ", **{} lost**", whole(o.lost()));
+    let lost = o.lost();
+    if lost > 0 {
+        let _ = write!(text, ", **{} lost**", whole(lost));
+        let why = if o.dropped == lost {
+            "dropped: later events arrived".to_owned()
+        } else if o.dropped == 0 {
+            "still on their way when the grace period ended".to_owned()
+        } else {
+            format!("{} dropped, the rest still on their way", whole(o.dropped))
+        };
+        let _ = write!(text, " ({why})");
     }
     if o.late > 0 {
         let _ = write!(text, ", {} late", whole(o.late));
@@ -412,6 +422,16 @@ mod tests {
     }
 
     fn steady_run(p99: f64, delivered: u64, late: u64, behind_ms: f64) -> Figures {
+        steady_run_dropping(p99, delivered, late, behind_ms, 0)
+    }
+
+    fn steady_run_dropping(
+        p99: f64,
+        delivered: u64,
+        late: u64,
+        behind_ms: f64,
+        dropped: u64,
+    ) -> Figures {
         Figures::Steady(steady::Outcome {
             latency_ms: [1.0, p99, 2.0 * p99],
             cpu_percent: 50.0,
@@ -420,6 +440,7 @@ mod tests {
             delivered,
             expected: 1000,
             late,
+            dropped,
             behind_ms,
         })
     }
@@ -428,7 +449,7 @@ mod tests {
     fn steady_rounds_sum_their_counts_so_that_a_loss_in_any_round_shows() {
         let runs = vec![
             steady_run(3.0, 1000, 0, 1.0),
-            steady_run(9.0, 990, 4, 30.0),
+            steady_run_dropping(9.0, 990, 4, 30.0, 3),
             steady_run(5.0, 1000, 0, 2.0),
         ];
         let Figures::Steady(o) = Figures::median(runs) else {
@@ -436,6 +457,9 @@ mod tests {
         };
         assert_eq!(o.latency_ms[1], 5.0);
         assert_eq!((o.delivered, o.expected, o.lost(), o.late), (2990, 3000, 10, 4));
+        assert_eq!(o.dropped, 3);
+        let counts = "2,990 / 3,000, **10 lost** (3 dropped, the rest still on their way), 4 late";
+        assert_eq!(steady_counts(&o), counts);
         assert_eq!(o.behind_ms, 30.0);
     }
 
@@ -458,7 +482,10 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("| 997 / 1,000, **3 lost**, 2 late | 12.0 |"),
+            table.contains(
+                "| 997 / 1,000, **3 lost** (still on their way when the grace period ended), \
+                 2 late | 12.0 |"
+            ),
             "{table}"
         );
         let svg = chart(&m, "machine");

@@ -55,6 +55,9 @@ pub struct Outcome {
     pub expected: u64,
     /// Events of the span received only after the emitter stopped. Summed over rounds.
     pub late: u64,
+    /// Lost events that a subscriber missed although it received a later one: dropped
+    /// rather than still on their way when the grace period ended. Summed over rounds.
+    pub dropped: u64,
     /// How far the emitter fell behind its schedule at worst, milliseconds (the largest
     /// over rounds).
     pub behind_ms: f64,
@@ -173,6 +176,7 @@ pub fn run(
         delivered: tally.delivered,
         expected: tally.expected,
         late: tally.late,
+        dropped: tally.dropped,
         behind_ms: schedule.max_behind.as_secs_f64() * 1000.0,
     })
 }
@@ -323,6 +327,9 @@ pub struct Tally {
     pub expected: u64,
     pub delivered: u64,
     pub late: u64,
+    /// Events of the span a subscriber never received although it received a later
+    /// event: dropped, not merely slow.
+    pub dropped: u64,
     /// Receipts of an event a subscriber already had (not counted as delivered).
     pub duplicates: u64,
     pub latencies_us: Vec<u32>,
@@ -348,6 +355,12 @@ impl Tally {
             let us = r.received_us.saturating_sub(r.sent_us);
             self.latencies_us.push(us.min(u64::from(u32::MAX)) as u32);
         }
+        let newest = receipts.iter().map(|r| r.seq).max();
+        self.dropped += seen
+            .iter()
+            .zip(span)
+            .filter(|(had, seq)| !**had && newest.is_some_and(|n| n > *seq))
+            .count() as u64;
     }
 }
 
@@ -420,15 +433,15 @@ mod tests {
             receipt(10, 100, 150),
             receipt(11, 200, 260),
             receipt(11, 200, 270), // a duplicate
-            receipt(13, 400, 1_400), // late: after the emitter stopped
-            receipt(15, 500, 520), // after the span: not counted
+            receipt(13, 400, 1_400), // late: after the emitter stopped (12 dropped)
+            receipt(15, 500, 520), // after the span: not counted (but 14 was dropped)
         ];
         t.add(&first, 10..15, 1_000);
         // A second subscriber got everything, on time.
         let second: Vec<Receipt> = (10..15).map(|s| receipt(s, s * 10, s * 10 + 7)).collect();
         t.add(&second, 10..15, 1_000);
         assert_eq!((t.expected, t.delivered), (10, 8));
-        assert_eq!((t.late, t.duplicates), (1, 1));
+        assert_eq!((t.late, t.duplicates, t.dropped), (1, 1, 2));
         let mut latencies = t.latencies_us.clone();
         latencies.sort_unstable();
         assert_eq!(latencies, [7, 7, 7, 7, 7, 50, 60, 1_000]);
@@ -438,8 +451,12 @@ mod tests {
     fn a_subscriber_that_got_nothing_lost_the_whole_span() {
         let mut t = Tally::default();
         t.add(&[], 0..40, 0);
-        assert_eq!((t.expected, t.delivered, t.late), (40, 0, 0));
+        assert_eq!((t.expected, t.delivered, t.late, t.dropped), (40, 0, 0, 0));
         assert!(t.latencies_us.is_empty());
+        // One that stopped receiving after event 29: 10 lost, none dropped.
+        let early: Vec<Receipt> = (0..30).map(|s| receipt(s, 0, 1)).collect();
+        t.add(&early, 0..40, 0);
+        assert_eq!((t.expected, t.delivered, t.dropped), (80, 30, 0));
         let outcome = Outcome {
             latency_ms: [f64::NAN; 3],
             cpu_percent: 1.0,
@@ -448,8 +465,9 @@ mod tests {
             delivered: t.delivered,
             expected: t.expected,
             late: 0,
+            dropped: 0,
             behind_ms: 0.0,
         };
-        assert_eq!(outcome.lost(), 40);
+        assert_eq!(outcome.lost(), 50);
     }
 }
