@@ -8,7 +8,8 @@
 //!             [--window W] [--rate R]
 //! ```
 //! - `--quick`: a few seconds in all, small sizes, one round (the CI smoke run); the
-//!   default is the full run of issue 6, about ten minutes.
+//!   default is the full run, about thirteen minutes (ten before the steady-rate
+//!   workloads, which take about three and a half with two rounds).
 //! - `--rounds N`: runs of each call and fan-out workload per server, taking turns; each
 //!   figure is the median (default 3).
 //! - `--steady-rounds N`: runs of each steady-rate workload per server (default: as
@@ -107,7 +108,9 @@ fn main() -> ExitCode {
         }
     });
     let command: Vec<String> = std::env::args().collect();
+    let started = std::time::Instant::now();
     let results = suite::run(&options);
+    println!("ran for {:.0} s", started.elapsed().as_secs_f64());
     let quick = options.quick;
     match suite::write(&out, &results, &options, &command.join(" ")) {
         Ok(path) => println!("wrote {}", path.display()),

@@ -1,5 +1,5 @@
 //! The results as BENCHMARKS.md (tables of figures with ratios to the best peer, the
-//! targets of issue 6, the machine and versions) and one SVG chart per workload.
+//! targets of issues 6 and 11, the machine and versions) and one SVG chart per workload.
 
 use std::fmt::Write as _;
 
@@ -456,7 +456,10 @@ mod tests {
             panic!("the kind changed")
         };
         assert_eq!(o.latency_ms[1], 5.0);
-        assert_eq!((o.delivered, o.expected, o.lost(), o.late), (2990, 3000, 10, 4));
+        assert_eq!(
+            (o.delivered, o.expected, o.lost(), o.late),
+            (2990, 3000, 10, 4)
+        );
         assert_eq!(o.dropped, 3);
         let counts = "2,990 / 3,000, **10 lost** (3 dropped, the rest still on their way), 4 late";
         assert_eq!(steady_counts(&o), counts);

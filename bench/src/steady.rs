@@ -139,8 +139,7 @@ pub fn run(
         .map_err(|_| "the emitter panicked".to_owned())?;
     // Wait for every subscriber to have the last event, or for the grace period to end.
     let deadline = Instant::now() + load.grace;
-    while shared.caught_up.load(Ordering::SeqCst) < load.subscribers && Instant::now() < deadline
-    {
+    while shared.caught_up.load(Ordering::SeqCst) < load.subscribers && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));
     }
     shared.stop.store(true, Ordering::SeqCst);
@@ -181,11 +180,14 @@ pub fn run(
     })
 }
 
+/// A subscriber thread: its receipts, or why it failed.
+type Subscriber = thread::JoinHandle<Result<Vec<Receipt>, String>>;
+
 /// Start `n` subscriber threads, each running `client`.
 fn clients(
     n: usize,
     client: impl Fn() -> Result<Vec<Receipt>, String> + Send + Sync + 'static,
-) -> Result<Vec<thread::JoinHandle<Result<Vec<Receipt>, String>>>, String> {
+) -> Result<Vec<Subscriber>, String> {
     let client = Arc::new(client);
     (0..n)
         .map(|_| {
@@ -429,12 +431,12 @@ mod tests {
         let mut t = Tally::default();
         // Span 10..15, the emitter stopped at 1,000 µs.
         let first = [
-            receipt(9, 0, 5),     // before the span: not counted
+            receipt(9, 0, 5), // before the span: not counted
             receipt(10, 100, 150),
             receipt(11, 200, 260),
-            receipt(11, 200, 270), // a duplicate
+            receipt(11, 200, 270),   // a duplicate
             receipt(13, 400, 1_400), // late: after the emitter stopped (12 dropped)
-            receipt(15, 500, 520), // after the span: not counted (but 14 was dropped)
+            receipt(15, 500, 520),   // after the span: not counted (but 14 was dropped)
         ];
         t.add(&first, 10..15, 1_000);
         // A second subscriber got everything, on time.
