@@ -247,6 +247,7 @@ struct Emitted {
 /// Its replies are read (and dropped) by a second thread on the same connection.
 fn emit(url: &str, rate: f64, shared: &Shared) -> Emitted {
     let mut schedule = Schedule::new(Duration::from_secs_f64(1.0 / rate), BURST);
+    let mut ended_us = None;
     let result = EmitLink::open(url).and_then(|mut link| {
         let started = Instant::now();
         let mut sent = Ok(());
@@ -263,10 +264,11 @@ fn emit(url: &str, rate: f64, shared: &Shared) -> Emitted {
             }
             shared.emitted.store(seq + 1, Ordering::SeqCst);
         }
+        ended_us = Some(wire::now_us());
         link.close();
         sent
     });
-    let ended_us = wire::now_us();
+    let ended_us = ended_us.unwrap_or_else(wire::now_us);
     let emitted = shared.emitted.load(Ordering::SeqCst);
     if emitted > 0 {
         shared.last.store(emitted - 1, Ordering::SeqCst);
