@@ -502,9 +502,24 @@ fn targets(results: &[Measured]) -> String {
         let bound = if higher { "at least" } else { "at most" };
         let target = format!("{what} {bound} {factor}x {}'s", peer.name());
         let found = pair(slug, i, peer).filter(|(_, theirs)| *theirs > 0.0);
+        // A latency or CPU figure leaves out the events a server lost: say so.
+        let losses: String = [Peer::WsrpcJson, peer]
+            .into_iter()
+            .filter_map(|p| {
+                let lost = find(slug)?.rows.iter().find_map(|(q, r)| match r {
+                    Ok(Figures::Steady(o)) if *q == p && o.lost() > 0 => Some(o.lost()),
+                    _ => None,
+                })?;
+                Some(format!(
+                    "; {} **lost {} events**",
+                    p.name(),
+                    report::whole(lost)
+                ))
+            })
+            .collect();
         let measured = found.map(|(ours, theirs)| {
             format!(
-                "{:.2}x ({} vs {})",
+                "{:.2}x ({} vs {}){losses}",
                 ours / theirs,
                 report::number(ours),
                 report::number(theirs)
@@ -655,15 +670,17 @@ mod tests {
             rows: vec![
                 (Peer::WsrpcJson, steady_row(20.0, 9.0, 100)),
                 (Peer::WsrpcMsgPack, steady_row(20.0, 9.0, 98)),
-                (Peer::RpcWebsockets, steady_row(40.0, 6.0, 100)),
+                (Peer::RpcWebsockets, steady_row(40.0, 6.0, 97)),
             ],
         }];
         let t = targets(&results);
         let p99 = "| 1,000 subscribers x 20 events/s: p99 latency at most 1x \
-                   rpc-websockets (Node)'s | 0.50x (20.0 vs 40.0) | yes |";
+                   rpc-websockets (Node)'s | 0.50x (20.0 vs 40.0); rpc-websockets (Node) \
+                   **lost 3 events** | yes |";
         assert!(t.contains(p99), "{t}");
         let cpu = "| 1,000 subscribers x 20 events/s: server CPU per event at most 1x \
-                   rpc-websockets (Node)'s | 1.50x (9.00 vs 6.00) | **no** |";
+                   rpc-websockets (Node)'s | 1.50x (9.00 vs 6.00); rpc-websockets (Node) \
+                   **lost 3 events** | **no** |";
         assert!(t.contains(cpu), "{t}");
         let lost = "| 1,000 subscribers, 20 events/s each: nothing lost | wsrpc (JSON): \
                     100 / 100; wsrpc (MessagePack): 98 / 100, **2 lost** (dropped: later events \
