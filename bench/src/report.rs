@@ -232,9 +232,11 @@ impl Measured {
     }
 }
 
-/// A figure as the charts print it; "n/a" when there is none.
+/// A figure as the charts print it, 0 as "0"; "n/a" when there is none.
 pub fn number(x: f64) -> String {
-    if x.is_finite() {
+    if x == 0.0 {
+        "0".into()
+    } else if x.is_finite() {
         crate::plot::number(x)
     } else {
         "n/a".into()
@@ -503,5 +505,6 @@ mod tests {
         assert_eq!(number(12.34), "12.3");
         assert_eq!(number(0.01234), "0.0123");
         assert_eq!(number(f64::NAN), "n/a");
+        assert_eq!(number(0.0), "0");
     }
 }

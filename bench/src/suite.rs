@@ -74,7 +74,7 @@ fn steady_loads(o: &Options) -> &'static [(usize, u32)] {
 fn steady_timing(o: &Options) -> steady::Load {
     let ms = Duration::from_millis;
     let (warmup, measure, tail, grace) = if o.quick {
-        (ms(200), ms(600), ms(200), ms(2000))
+        (ms(200), ms(600), ms(200), ms(5000))
     } else {
         // The grace period costs nothing unless events are late: a run ends as soon
         // as every subscriber has the last event.
