@@ -1,4 +1,5 @@
-//! The workloads of issues 6 and 11 (steady-rate fan-out), run on every server in turn, and the report they make.
+//! The workloads of issues 6 and 11 (steady-rate fan-out), run on every server in turn,
+//! and the report they make.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -303,8 +304,10 @@ call's send to each subscriber's receipt, on the generator's clock; server CPU i
 system time over the measured span, as a percentage of one core and per event delivered. \
 \"delivered / expected\" counts the events emitted in the measured span times the \
 subscribers; an event that has not arrived by the end of the grace period is lost (shown in \
-bold), and one that arrived only after the emitter stopped is late. \"emitter behind\" is \
-how far the emitter fell behind its own schedule at worst.\n\n";
+bold: dropped if the subscriber received a later event, else still on its way), and one \
+that arrived only after the emitter stopped is late. \"emitter behind\" is how far the \
+emitter fell behind its own schedule at worst: a server that is slow to read the emit calls \
+holds the emitter back, and fewer events are then expected.\n\n";
 
 /// How the figures were made, with this run's settings.
 fn method(o: &Options) -> String {
