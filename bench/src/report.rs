@@ -36,12 +36,13 @@ const FANOUT: [Metric; 6] = [
     metric("events per CPU-s", true),
     metric("peak RSS MiB", false),
 ];
-const STEADY: [Metric; 6] = [
+const STEADY: [Metric; 7] = [
     metric("p50 ms", false),
     metric("p99 ms", false),
     metric("p99.9 ms", false),
     metric("server CPU %", false),
     metric("CPU µs per event", false),
+    metric("wake-ups per event", false),
     metric("peak RSS MiB", false),
 ];
 const IDLE: [Metric; 2] = [
@@ -83,6 +84,7 @@ impl Figures {
                 o.latency_ms[2],
                 o.cpu_percent,
                 o.cpu_us_per_event,
+                o.wakeups_per_event,
                 o.peak_rss_mib,
             ],
             Figures::Idle(o) => vec![o.held as f64, o.mib_per_1000],
@@ -145,7 +147,8 @@ impl Figures {
                 o.latency_ms = [v[0], v[1], v[2]];
                 o.cpu_percent = v[3];
                 o.cpu_us_per_event = v[4];
-                o.peak_rss_mib = v[5];
+                o.wakeups_per_event = v[5];
+                o.peak_rss_mib = v[6];
             }
             Figures::Idle(o) => {
                 o.held = v[0] as usize;
@@ -438,6 +441,7 @@ mod tests {
             latency_ms: [1.0, p99, 2.0 * p99],
             cpu_percent: 50.0,
             cpu_us_per_event: 10.0,
+            wakeups_per_event: 0.5,
             peak_rss_mib: 5.0,
             delivered,
             expected: 1000,
@@ -480,7 +484,7 @@ mod tests {
         };
         let table = table(&m);
         let head = "| p50 ms | p99 ms | p99.9 ms | server CPU % | CPU µs per event | \
-                    peak RSS MiB | delivered / expected | emitter behind ms |";
+                    wake-ups per event | peak RSS MiB | delivered / expected | emitter behind ms |";
         assert!(table.contains(head), "{table}");
         assert!(
             table.contains("| 2.00 (0.50x) |") && table.contains("| 1,000 / 1,000 | 0.500 |"),

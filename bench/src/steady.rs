@@ -48,6 +48,9 @@ pub struct Outcome {
     pub cpu_percent: f64,
     /// The server's CPU time over the span per event delivered from it, microseconds.
     pub cpu_us_per_event: f64,
+    /// Times a server thread went to sleep (and was later woken) over the span, per
+    /// event delivered from it: about 1 when a thread wakes per subscriber per event.
+    pub wakeups_per_event: f64,
     pub peak_rss_mib: f64,
     /// Events of the span that subscribers received, and that they should have
     /// (events emitted in the span times subscribers). Summed over rounds.
@@ -125,10 +128,12 @@ pub fn run(
     thread::sleep(load.warmup);
     let first = shared.emitted.load(Ordering::SeqCst);
     let cpu_start = wire::cpu_seconds(pid);
+    let sleeps_start = wire::sleeps(pid);
     let start = Instant::now();
     thread::sleep(load.measure);
     let end = shared.emitted.load(Ordering::SeqCst);
     let cpu_end = wire::cpu_seconds(pid);
+    let sleeps_end = wire::sleeps(pid);
     let elapsed = start.elapsed().as_secs_f64();
     let peak_rss_mib = wire::status_kib(pid, "VmHWM:").map_or(f64::NAN, |kib| kib as f64 / 1024.0);
     thread::sleep(load.tail);
@@ -163,8 +168,15 @@ pub fn run(
         (Some(a), Some(b)) => b - a,
         _ => f64::NAN,
     };
+    let wakeups_per_event = match (sleeps_start, sleeps_end) {
+        (Some(a), Some(b)) if tally.delivered > 0 => {
+            b.saturating_sub(a) as f64 / tally.delivered as f64
+        }
+        _ => f64::NAN,
+    };
     Ok(Outcome {
         latency_ms: wire::percentiles(&mut tally.latencies_us),
+        wakeups_per_event,
         cpu_percent: 100.0 * cpu / elapsed,
         cpu_us_per_event: if tally.delivered > 0 && cpu > 0.0 {
             cpu * 1e6 / tally.delivered as f64
@@ -465,6 +477,7 @@ mod tests {
             latency_ms: [f64::NAN; 3],
             cpu_percent: 1.0,
             cpu_us_per_event: f64::NAN,
+            wakeups_per_event: f64::NAN,
             peak_rss_mib: 1.0,
             delivered: t.delivered,
             expected: t.expected,

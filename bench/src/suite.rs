@@ -301,7 +301,10 @@ const STEADY_SECTION: &str = "## Events at a steady rate\n\n\
 An emitter has the server send one event to every subscriber at a fixed rate, without \
 waiting for delivery, as a price feed or a game-state ticker does. Latency is from the emit \
 call's send to each subscriber's receipt, on the generator's clock; server CPU is its user + \
-system time over the measured span, as a percentage of one core and per event delivered. \
+system time over the measured span, as a percentage of one core and per event delivered; \
+wake-ups per event are the times a server thread went to sleep waiting (voluntary context \
+switches, summed over its threads; threads that end during the span make it an \
+undercount) per event delivered. \
 \"delivered / expected\" counts the events emitted in the measured span times the \
 subscribers; an event that has not arrived by the end of the grace period is lost (shown in \
 bold: dropped if the subscriber received a later event, else still on its way), and one \
@@ -656,6 +659,7 @@ mod tests {
             latency_ms: [1.0, p99, p99],
             cpu_percent: 50.0,
             cpu_us_per_event: cpu_us,
+            wakeups_per_event: 1.0,
             peak_rss_mib: 5.0,
             delivered,
             expected: 100,
