@@ -8,8 +8,8 @@
 //!             [--window W] [--rate R]
 //! ```
 //! - `--quick`: a few seconds in all, small sizes, one round (the CI smoke run); the
-//!   default is the full run, about thirteen minutes (ten before the steady-rate
-//!   workloads, which take about three and a half with two rounds).
+//!   default is the full run, about fourteen minutes (ten before the steady-rate
+//!   workloads, which take three and a half to five with two rounds).
 //! - `--rounds N`: runs of each call and fan-out workload per server, taking turns; each
 //!   figure is the median (default 3).
 //! - `--steady-rounds N`: runs of each steady-rate workload per server (default: as

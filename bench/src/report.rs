@@ -123,6 +123,7 @@ impl Figures {
             o.expected = steady.iter().map(|r| r.expected).sum();
             o.late = steady.iter().map(|r| r.late).sum();
             o.dropped = steady.iter().map(|r| r.dropped).sum();
+            o.cut_off = steady.iter().map(|r| r.cut_off).sum();
             o.behind_ms = steady.iter().map(|r| r.behind_ms).fold(0.0, f64::max);
         }
         first
@@ -272,6 +273,14 @@ pub fn steady_counts(o: &steady::Outcome) -> String {
     }
     if o.late > 0 {
         let _ = write!(text, ", {} late", whole(o.late));
+    }
+    if o.cut_off > 0 {
+        let _ = write!(
+            text,
+            ", **{} subscriber{} cut off** by the server",
+            whole(o.cut_off),
+            if o.cut_off == 1 { "" } else { "s" }
+        );
     }
     text
 }
@@ -447,6 +456,7 @@ mod tests {
             expected: 1000,
             late,
             dropped,
+            cut_off: u64::from(dropped > 0),
             behind_ms,
         })
     }
@@ -467,7 +477,8 @@ mod tests {
             (2990, 3000, 10, 4)
         );
         assert_eq!(o.dropped, 3);
-        let counts = "2,990 / 3,000, **10 lost** (3 dropped, the rest still on their way), 4 late";
+        let counts = "2,990 / 3,000, **10 lost** (3 dropped, the rest still on their way), \
+                      4 late, **1 subscriber cut off** by the server";
         assert_eq!(steady_counts(&o), counts);
         assert_eq!(o.behind_ms, 30.0);
     }

@@ -61,6 +61,8 @@ pub struct Outcome {
     /// Lost events that a subscriber missed although it received a later one: dropped
     /// rather than still on their way when the grace period ended. Summed over rounds.
     pub dropped: u64,
+    /// Subscribers the server disconnected before the run ended. Summed over rounds.
+    pub cut_off: u64,
     /// How far the emitter fell behind its schedule at worst, milliseconds (the largest
     /// over rounds).
     pub behind_ms: f64,
@@ -152,7 +154,10 @@ pub fn run(
     let mut failed = None;
     for s in subscribers {
         match s.join() {
-            Ok(Ok(receipts)) => tally.add(&receipts, first..end, emitted.ended_us),
+            Ok(Ok(listened)) => {
+                tally.add(&listened.receipts, first..end, emitted.ended_us);
+                tally.cut_off += u64::from(listened.cut_off);
+            }
             Ok(Err(e)) => failed = failed.or(Some(e)),
             Err(_) => failed = failed.or(Some("a subscriber thread panicked".to_owned())),
         }
@@ -188,17 +193,18 @@ pub fn run(
         expected: tally.expected,
         late: tally.late,
         dropped: tally.dropped,
+        cut_off: tally.cut_off,
         behind_ms: schedule.max_behind.as_secs_f64() * 1000.0,
     })
 }
 
 /// A subscriber thread: its receipts, or why it failed.
-type Subscriber = thread::JoinHandle<Result<Vec<Receipt>, String>>;
+type Subscriber = thread::JoinHandle<Result<Listened, String>>;
 
 /// Start `n` subscriber threads, each running `client`.
 fn clients(
     n: usize,
-    client: impl Fn() -> Result<Vec<Receipt>, String> + Send + Sync + 'static,
+    client: impl Fn() -> Result<Listened, String> + Send + Sync + 'static,
 ) -> Result<Vec<Subscriber>, String> {
     let client = Arc::new(client);
     (0..n)
@@ -213,7 +219,7 @@ fn clients(
 }
 
 /// One subscriber: a receipt for every event, until told to stop.
-fn receive(mut ws: Ws, shared: &Shared) -> Result<Vec<Receipt>, String> {
+fn receive(mut ws: Ws, shared: &Shared) -> Result<Listened, String> {
     // Wake up now and then to see whether the run is over.
     let _ = ws
         .get_ref()
@@ -236,7 +242,17 @@ fn receive(mut ws: Ws, shared: &Shared) -> Result<Vec<Receipt>, String> {
                 newest = newest.max(Some(seq));
             }
             Err(tungstenite::Error::Io(e)) if fanout::is_timeout(&e) => {}
-            Err(e) => return Err(format!("subscriber: {e}")),
+            // Cut off by the server (its outgoing-queue policy, say): the events it
+            // misses from here on are lost, which the tally shows.
+            Err(_) => {
+                if !caught_up {
+                    shared.caught_up.fetch_add(1, Ordering::SeqCst);
+                }
+                return Ok(Listened {
+                    receipts,
+                    cut_off: true,
+                });
+            }
         }
         let last = shared.last.load(Ordering::SeqCst);
         if !caught_up && last != u64::MAX && newest.is_some_and(|n| n >= last) {
@@ -245,7 +261,17 @@ fn receive(mut ws: Ws, shared: &Shared) -> Result<Vec<Receipt>, String> {
         }
     }
     let _ = ws.close(None);
-    Ok(receipts)
+    Ok(Listened {
+        receipts,
+        cut_off: false,
+    })
+}
+
+/// What one subscriber received.
+struct Listened {
+    receipts: Vec<Receipt>,
+    /// Whether the server closed the connection before the run ended.
+    cut_off: bool,
 }
 
 /// What the emitter did.
@@ -348,6 +374,8 @@ pub struct Tally {
     pub dropped: u64,
     /// Receipts of an event a subscriber already had (not counted as delivered).
     pub duplicates: u64,
+    /// Subscribers whose connection the server closed before the run ended.
+    pub cut_off: u64,
     pub latencies_us: Vec<u32>,
 }
 
@@ -432,6 +460,38 @@ mod tests {
         assert_eq!(s.next(ms(1021)), Some(ms(9)));
     }
 
+    #[test]
+    fn a_subscriber_the_server_disconnects_keeps_what_it_got_and_is_counted_cut_off() {
+        use tungstenite::Message;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut ws = tungstenite::accept(stream).unwrap();
+            for (seq, t) in [(0, 5), (1, 6)] {
+                let event = format!(r#"{{"notification":"newsUpdate","params":[{seq},{t}]}}"#);
+                ws.send(Message::Text(event.into())).unwrap();
+            }
+            let _ = ws.close(None);
+            let _ = ws.flush();
+        });
+        let shared = Shared {
+            emitted: AtomicU64::new(0),
+            last: AtomicU64::new(u64::MAX),
+            caught_up: AtomicUsize::new(0),
+            stop_emitting: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            ready: Barrier::new(1),
+        };
+        let listened = receive(wire::connect(&url).unwrap(), &shared).unwrap();
+        server.join().unwrap();
+        assert!(listened.cut_off);
+        let seqs: Vec<u64> = listened.receipts.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [0, 1]);
+        // The run does not wait out its grace period for it.
+        assert_eq!(shared.caught_up.load(Ordering::SeqCst), 1);
+    }
+
     fn receipt(seq: u64, sent_us: u64, received_us: u64) -> Receipt {
         Receipt {
             seq,
@@ -483,6 +543,7 @@ mod tests {
             expected: t.expected,
             late: 0,
             dropped: 0,
+            cut_off: 0,
             behind_ms: 0.0,
         };
         assert_eq!(outcome.lost(), 50);

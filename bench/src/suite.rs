@@ -665,6 +665,7 @@ mod tests {
             expected: 100,
             late: 0,
             dropped: 100 - delivered,
+            cut_off: 0,
             behind_ms: 0.0,
         }))
     }
