@@ -52,8 +52,8 @@ interop: interop-deps
 	$(CARGO) test --all-features --test interop_js_server -- --include-ignored
 
 # wsrpc against rpc-websockets (Node), jsonrpsee and a bare tungstenite server, same
-# workloads, same run (three rounds, about ten minutes): writes BENCHMARKS.md and
-# benchmarks/*.svg.
+# workloads, same run (three rounds; the steady-rate fan-out workloads two; about
+# fourteen minutes): writes BENCHMARKS.md and benchmarks/*.svg.
 # The idle workload holds 10,000 connections: the open-file limit is raised to the hard
 # limit first.
 bench: interop-deps

@@ -117,7 +117,7 @@ pub fn run(
 }
 
 /// Subscribe to the event; the reply must be a result.
-fn subscribe(mut ws: Ws, codec: Codec, style: Subscribe) -> Result<Ws, String> {
+pub fn subscribe(mut ws: Ws, codec: Codec, style: Subscribe) -> Result<Ws, String> {
     match style {
         Subscribe::RpcOn => wire::call(&mut ws, codec, "rpc.on", json!([EVENT]))?,
         Subscribe::Jsonrpsee => wire::call(&mut ws, codec, "subscribe_newsUpdate", json!([]))?,
@@ -126,7 +126,7 @@ fn subscribe(mut ws: Ws, codec: Codec, style: Subscribe) -> Result<Ws, String> {
 }
 
 /// `[seq, t]` of an event frame, in either server's notification format.
-fn event_of(frame: &Value) -> Option<(u64, u64)> {
+pub fn event_of(frame: &Value) -> Option<(u64, u64)> {
     let params = &frame["params"];
     // rpc-websockets and wsrpc: `params` is the array; jsonrpsee: `params.result`.
     let array = if params.is_array() {
@@ -169,31 +169,8 @@ fn receive(mut ws: Ws, shared: &Shared) -> Result<Vec<u32>, String> {
 }
 
 /// The emitter: `emit [EVENT, [seq, t]]` calls, never more than `window` events out.
-/// Its replies are read (and dropped) by a second thread on the same connection.
 fn emit(url: &str, window: usize, rate: Option<f64>, shared: &Shared) -> Result<(), String> {
-    let mut reader = wire::connect(url)?;
-    let stream: TcpStream = reader
-        .get_ref()
-        .try_clone()
-        .map_err(|e| format!("emitter socket: {e}"))?;
-    let mut writer = WebSocket::from_raw_socket(stream, Role::Client, None);
-    let stop_reading = Arc::new(AtomicBool::new(false));
-    let drain = {
-        let stop = stop_reading.clone();
-        let _ = reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_millis(100)));
-        thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match reader.read() {
-                    Ok(_) => {}
-                    Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {}
-                    // The emitter's next send fails too, and says why.
-                    Err(_) => break,
-                }
-            }
-        })
-    };
+    let mut link = EmitLink::open(url)?;
     let ring = shared.ring.len() as u64;
     let started = Instant::now();
     let mut result = Ok(());
@@ -212,20 +189,71 @@ fn emit(url: &str, window: usize, rate: Option<f64>, shared: &Shared) -> Result<
             let due = started + Duration::from_secs_f64(seq as f64 / rate);
             thread::sleep(due.saturating_duration_since(Instant::now()));
         }
-        let params = json!([EVENT, [seq, wire::now_us()]]);
-        let call = wire::request(Codec::Json, "emit", params, seq + 1);
-        if let Err(e) = writer.send(call) {
-            result = Err(format!("emitter: {e}"));
+        if let Err(e) = link.send(seq) {
+            result = Err(e);
             break;
         }
     }
-    stop_reading.store(true, Ordering::SeqCst);
-    let _ = drain.join();
+    link.close();
     result
 }
 
+/// The emitter's connection: it sends `emit [EVENT, [seq, t]]` calls, `t` the
+/// generator's clock at the send; a second thread reads the replies and drops them.
+pub struct EmitLink {
+    writer: Ws,
+    stop_reading: Arc<AtomicBool>,
+    drain: thread::JoinHandle<()>,
+}
+
+impl EmitLink {
+    pub fn open(url: &str) -> Result<EmitLink, String> {
+        let mut reader = wire::connect(url)?;
+        let stream: TcpStream = reader
+            .get_ref()
+            .try_clone()
+            .map_err(|e| format!("emitter socket: {e}"))?;
+        let writer = WebSocket::from_raw_socket(stream, Role::Client, None);
+        let stop_reading = Arc::new(AtomicBool::new(false));
+        let drain = {
+            let stop = stop_reading.clone();
+            let _ = reader
+                .get_ref()
+                .set_read_timeout(Some(Duration::from_millis(100)));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match reader.read() {
+                        Ok(_) => {}
+                        Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {}
+                        // The emitter's next send fails too, and says why.
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        Ok(EmitLink {
+            writer,
+            stop_reading,
+            drain,
+        })
+    }
+
+    /// Have the server emit event `seq`, stamped with the time now.
+    pub fn send(&mut self, seq: u64) -> Result<(), String> {
+        let params = json!([EVENT, [seq, wire::now_us()]]);
+        let call = wire::request(Codec::Json, "emit", params, seq + 1);
+        self.writer.send(call).map_err(|e| format!("emitter: {e}"))
+    }
+
+    /// Stop reading replies.
+    pub fn close(self) {
+        self.stop_reading.store(true, Ordering::SeqCst);
+        let _ = self.drain.join();
+    }
+}
+
 /// Whether a read failed only because its timeout passed.
-fn is_timeout(e: &std::io::Error) -> bool {
+pub fn is_timeout(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut

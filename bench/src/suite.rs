@@ -1,4 +1,5 @@
-//! The workloads of issue 6, run on every server in turn, and the report they make.
+//! The workloads of issues 6 and 11 (steady-rate fan-out), run on every server in turn,
+//! and the report they make.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use crate::peers::Peer;
 use crate::report;
-use crate::{Figures, Measured, calls, fanout, idle};
+use crate::{Figures, Measured, calls, fanout, idle, steady};
 
 /// How the suite is run.
 #[derive(Clone, Debug)]
@@ -17,6 +18,8 @@ pub struct Options {
     pub rate: Option<f64>,
     /// Runs of each call and fan-out workload per server.
     pub rounds: usize,
+    /// Runs of each steady-rate workload per server; `None`: `rounds`, at most 2.
+    pub steady_rounds: Option<usize>,
 }
 
 impl Default for Options {
@@ -27,6 +30,7 @@ impl Default for Options {
             window: 16,
             rate: None,
             rounds: 3,
+            steady_rounds: None,
         }
     }
 }
@@ -34,6 +38,7 @@ impl Default for Options {
 enum Kind {
     Calls(calls::Load),
     Fanout(fanout::Load),
+    Steady(steady::Load),
     Idle(usize),
 }
 
@@ -54,6 +59,36 @@ fn count(n: usize) -> String {
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+/// Steady-rate workloads: (subscribers, events per second) of each.
+fn steady_loads(o: &Options) -> &'static [(usize, u32)] {
+    if o.quick {
+        &[(20, 50)]
+    } else {
+        &[(1000, 20), (1000, 50), (100, 500)]
+    }
+}
+
+/// A steady-rate run's warm-up, measured span, tail of emits after it, and grace
+/// period for stragglers.
+fn steady_timing(o: &Options) -> steady::Load {
+    let ms = Duration::from_millis;
+    let (warmup, measure, tail, grace) = if o.quick {
+        (ms(200), ms(600), ms(200), ms(5000))
+    } else {
+        // The grace period costs nothing unless events are late: a run ends as soon
+        // as every subscriber has the last event.
+        (ms(1000), ms(4000), ms(1000), ms(10_000))
+    };
+    steady::Load {
+        subscribers: 0,
+        rate: 0.0,
+        warmup,
+        measure,
+        tail,
+        grace,
+    }
 }
 
 /// Warm-up and measured span of each run.
@@ -110,6 +145,17 @@ fn workloads(o: &Options) -> Vec<Workload> {
             }),
         });
     }
+    for &(s, rate) in steady_loads(o) {
+        all.push(Workload {
+            slug: format!("steady-s{s}-r{rate}"),
+            title: format!("{} subscribers, {rate} events/s each", count(s)),
+            kind: Kind::Steady(steady::Load {
+                subscribers: s,
+                rate: f64::from(rate),
+                ..steady_timing(o)
+            }),
+        });
+    }
     for &n in idle {
         all.push(Workload {
             slug: format!("idle-n{n}"),
@@ -131,7 +177,7 @@ pub fn run(o: &Options) -> Vec<Measured> {
             .filter(|&peer| match w.kind {
                 // Idle connections do not speak: one wsrpc row is enough.
                 Kind::Idle(_) => peer != Peer::WsrpcMsgPack,
-                Kind::Fanout(_) => peer.events().is_some(),
+                Kind::Fanout(_) | Kind::Steady(_) => peer.events().is_some(),
                 Kind::Calls(_) => true,
             })
             .collect();
@@ -139,6 +185,7 @@ pub fn run(o: &Options) -> Vec<Measured> {
         // fall on one server only; each figure is the median of its rounds.
         let rounds = match w.kind {
             Kind::Idle(_) => 1,
+            Kind::Steady(_) => o.steady_rounds.unwrap_or(o.rounds.min(2)).max(1),
             _ => o.rounds.max(1),
         };
         let mut got: Vec<Result<Vec<Figures>, String>> = peers.iter().map(|_| Ok(vec![])).collect();
@@ -180,6 +227,10 @@ fn measure(peer: Peer, kind: &Kind) -> Result<Figures, String> {
         Kind::Fanout(load) => {
             let style = peer.events().ok_or("no events")?;
             fanout::run(&server.url, peer.codec(), style, *load, pid).map(Figures::Fanout)
+        }
+        Kind::Steady(load) => {
+            let style = peer.events().ok_or("no events")?;
+            steady::run(&server.url, peer.codec(), style, *load, pid).map(Figures::Steady)
         }
         Kind::Idle(n) => {
             let (outcome, held) = idle::run(&server.url, *n, pid)?;
@@ -223,8 +274,14 @@ pub fn write(
     let _ = writeln!(md, "- Machine: {machine}");
     let _ = writeln!(md, "- Versions: {}\n", versions());
     md.push_str(&targets(results));
+    let mut steady_section = false;
     for m in results {
-        let _ = writeln!(md, "## {}\n", m.title);
+        if m.is_steady() && !steady_section {
+            steady_section = true;
+            md.push_str(STEADY_SECTION);
+        }
+        let level = if m.is_steady() { "###" } else { "##" };
+        let _ = writeln!(md, "{level} {}\n", m.title);
         let _ = writeln!(md, "![{}](benchmarks/{}.svg)\n", m.title, m.slug);
         md.push_str(&report::table(m));
         md.push('\n');
@@ -239,6 +296,22 @@ pub fn write(
     Ok(path)
 }
 
+/// The head of the steady-rate workloads' part of the report.
+const STEADY_SECTION: &str = "## Events at a steady rate\n\n\
+An emitter has the server send one event to every subscriber at a fixed rate, without \
+waiting for delivery, as a price feed or a game-state ticker does. Latency is from the emit \
+call's send to each subscriber's receipt, on the generator's clock; server CPU is its user + \
+system time over the measured span, as a percentage of one core and per event delivered; \
+wake-ups per event are the times a server thread went to sleep waiting (voluntary context \
+switches, summed over its threads; threads that end during the span make it an \
+undercount) per event delivered. \
+\"delivered / expected\" counts the events emitted in the measured span times the \
+subscribers; an event that has not arrived by the end of the grace period is lost (shown in \
+bold: dropped if the subscriber received a later event, else still on its way), and one \
+that arrived only after the emitter stopped is late. \"emitter behind\" is how far the \
+emitter fell behind its own schedule at worst: a server that is slow to read the emit calls \
+holds the emitter back, and fewer events are then expected.\n\n";
+
 /// How the figures were made, with this run's settings.
 fn method(o: &Options) -> String {
     let (warmup, measure) = timing(o);
@@ -247,6 +320,11 @@ fn method(o: &Options) -> String {
         n => format!(
             "{n} rounds, the servers taking turns; each figure is the median of its rounds (percentiles are each round's)"
         ),
+    };
+    let steady = steady_timing(o);
+    let steady_rounds = match o.steady_rounds.unwrap_or(o.rounds.min(2)).max(1) {
+        1 => "one round".to_owned(),
+        n => format!("{n} rounds, the servers taking turns, medians as above"),
     };
     let pace = match o.rate {
         Some(rate) => format!("at {rate} events/s, and"),
@@ -264,16 +342,28 @@ never more than {window} events out at once (an event is out until every subscri
 it). Latency is from the emit call's send to each subscriber's receipt, on the \
 generator's clock. jsonrpsee subscribers use its own subscription methods; the bare \
 server has no events.\n\
+- Events at a steady rate: S subscribers of one event; a further connection makes `emit` \
+calls on a fixed schedule (R a second) whatever the subscribers have received; an emitter \
+that falls behind catches up with at most {burst} periods' worth of calls back to back, \
+then gives the missed slots up. {steady_warmup:?} of warm-up, {steady_measure:?} measured (the events emitted in it \
+are counted and the server's CPU time is read at its ends), {steady_tail:?} more of emits, \
+then up to {steady_grace:?} for the last events to arrive; {steady_rounds}. Counts of \
+delivered, lost and late events are summed over the rounds.
 - Idle: N connections opened one after another and held after the handshake; the \
 server's RSS growth once it stops changing, per 1,000 connections; then one more \
 connection must get `sum` answered. Connections that have made calls keep more (their \
 threads' deeper stack pages).\n\
 - wsrpc (MessagePack) is the same server with clients that speak MessagePack.\n",
         window = o.window.max(1),
+        burst = steady::BURST,
+        steady_warmup = steady.warmup,
+        steady_measure = steady.measure,
+        steady_tail = steady.tail,
+        steady_grace = steady.grace,
     )
 }
 
-/// The targets of issue 6, checked against this run (wsrpc in JSON).
+/// The targets of issues 6 and 11, checked against this run (wsrpc in JSON).
 fn targets(results: &[Measured]) -> String {
     let find = |slug: &str| results.iter().find(|m| m.slug == slug);
     // wsrpc's figure of metric `i` in workload `slug`, and `peer`'s.
@@ -365,14 +455,77 @@ fn targets(results: &[Measured]) -> String {
             false,
             "fan-out to 1,000: p99 latency",
         ),
+        (
+            "steady-s1000-r20",
+            1,
+            Peer::RpcWebsockets,
+            1.0,
+            false,
+            "1,000 subscribers x 20 events/s: p99 latency",
+        ),
+        (
+            "steady-s1000-r20",
+            4,
+            Peer::RpcWebsockets,
+            1.0,
+            false,
+            "1,000 subscribers x 20 events/s: server CPU per event",
+        ),
+        (
+            "steady-s1000-r50",
+            1,
+            Peer::RpcWebsockets,
+            1.0,
+            false,
+            "1,000 subscribers x 50 events/s: p99 latency",
+        ),
+        (
+            "steady-s1000-r50",
+            4,
+            Peer::RpcWebsockets,
+            1.0,
+            false,
+            "1,000 subscribers x 50 events/s: server CPU per event",
+        ),
+        (
+            "steady-s100-r500",
+            1,
+            Peer::RpcWebsockets,
+            1.0,
+            false,
+            "100 subscribers x 500 events/s: p99 latency",
+        ),
+        (
+            "steady-s100-r500",
+            4,
+            Peer::RpcWebsockets,
+            1.0,
+            false,
+            "100 subscribers x 500 events/s: server CPU per event",
+        ),
     ];
     for (slug, i, peer, factor, higher, what) in ratios {
         let bound = if higher { "at least" } else { "at most" };
         let target = format!("{what} {bound} {factor}x {}'s", peer.name());
         let found = pair(slug, i, peer).filter(|(_, theirs)| *theirs > 0.0);
+        // A latency or CPU figure leaves out the events a server lost: say so.
+        let losses: String = [Peer::WsrpcJson, peer]
+            .into_iter()
+            .filter_map(|p| {
+                let lost = find(slug)?.rows.iter().find_map(|(q, r)| match r {
+                    Ok(Figures::Steady(o)) if *q == p && o.lost() > 0 => Some(o.lost()),
+                    _ => None,
+                })?;
+                Some(format!(
+                    "; {} **lost {} events**",
+                    p.name(),
+                    report::whole(lost)
+                ))
+            })
+            .collect();
         let measured = found.map(|(ours, theirs)| {
             format!(
-                "{:.2}x ({} vs {})",
+                "{:.2}x ({} vs {}){losses}",
                 ours / theirs,
                 report::number(ours),
                 report::number(theirs)
@@ -386,6 +539,34 @@ fn targets(results: &[Measured]) -> String {
             }
         });
         row(target, measured, met);
+    }
+    // Nothing lost, in each steady-rate workload this run has, by either codec.
+    for m in results.iter().filter(|m| m.is_steady()) {
+        let ours: Vec<(Peer, Option<steady::Outcome>)> = m
+            .rows
+            .iter()
+            .filter(|(p, _)| p.is_ours())
+            .map(|(p, r)| match r {
+                Ok(Figures::Steady(o)) => (*p, Some(o.clone())),
+                _ => (*p, None),
+            })
+            .collect();
+        let measured = ours
+            .iter()
+            .map(|(p, o)| match o {
+                Some(o) => format!("{}: {}", p.name(), report::steady_counts(o)),
+                None => format!("{}: failed", p.name()),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let met = ours
+            .iter()
+            .all(|(_, o)| o.as_ref().is_some_and(|o| o.lost() == 0));
+        row(
+            format!("{}: nothing lost", m.title),
+            Some(measured),
+            Some(met),
+        );
     }
     for (slug, n) in [("idle-n1000", "1,000"), ("idle-n10000", "10,000")] {
         let mib = find(slug).and_then(|m| m.value(Peer::WsrpcJson, 1));
@@ -467,4 +648,72 @@ fn versions() -> String {
         crate_version("tokio"),
         tool("rustc", "--version"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steady_row(p99: f64, cpu_us: f64, delivered: u64) -> Result<Figures, String> {
+        Ok(Figures::Steady(steady::Outcome {
+            latency_ms: [1.0, p99, p99],
+            cpu_percent: 50.0,
+            cpu_us_per_event: cpu_us,
+            wakeups_per_event: 1.0,
+            peak_rss_mib: 5.0,
+            delivered,
+            expected: 100,
+            late: 0,
+            dropped: 100 - delivered,
+            cut_off: 0,
+            behind_ms: 0.0,
+        }))
+    }
+
+    #[test]
+    fn steady_targets_are_ratios_to_node_and_a_loss_misses_nothing_lost() {
+        let results = [Measured {
+            slug: "steady-s1000-r20".into(),
+            title: "1,000 subscribers, 20 events/s each".into(),
+            rows: vec![
+                (Peer::WsrpcJson, steady_row(20.0, 9.0, 100)),
+                (Peer::WsrpcMsgPack, steady_row(20.0, 9.0, 98)),
+                (Peer::RpcWebsockets, steady_row(40.0, 6.0, 97)),
+            ],
+        }];
+        let t = targets(&results);
+        let p99 = "| 1,000 subscribers x 20 events/s: p99 latency at most 1x \
+                   rpc-websockets (Node)'s | 0.50x (20.0 vs 40.0); rpc-websockets (Node) \
+                   **lost 3 events** | yes |";
+        assert!(t.contains(p99), "{t}");
+        let cpu = "| 1,000 subscribers x 20 events/s: server CPU per event at most 1x \
+                   rpc-websockets (Node)'s | 1.50x (9.00 vs 6.00); rpc-websockets (Node) \
+                   **lost 3 events** | **no** |";
+        assert!(t.contains(cpu), "{t}");
+        let lost = "| 1,000 subscribers, 20 events/s each: nothing lost | wsrpc (JSON): \
+                    100 / 100; wsrpc (MessagePack): 98 / 100, **2 lost** (dropped: later events \
+                    arrived) | **no** |";
+        assert!(t.contains(lost), "{t}");
+    }
+
+    #[test]
+    fn the_quick_run_has_one_small_steady_workload_and_the_full_run_three() {
+        let slugs = |o: &Options| -> Vec<String> {
+            workloads(o)
+                .into_iter()
+                .filter(|w| matches!(w.kind, Kind::Steady(_)))
+                .map(|w| w.slug)
+                .collect()
+        };
+        let quick = Options {
+            quick: true,
+            ..Options::default()
+        };
+        assert_eq!(slugs(&quick), ["steady-s20-r50"]);
+        let full = slugs(&Options::default());
+        assert_eq!(
+            full,
+            ["steady-s1000-r20", "steady-s1000-r50", "steady-s100-r500"]
+        );
+    }
 }

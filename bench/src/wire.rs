@@ -104,6 +104,25 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((user + system) as f64 / 100.0)
 }
 
+/// Times the server's threads have gone to sleep waiting for something (voluntary
+/// context switches, summed over /proc/PID/task/*/status): each is one wake-up later.
+/// Threads that ended are not counted.
+pub fn sleeps(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // ended since the listing
+        };
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// A memory figure of the server from /proc/PID/status, in KiB (`VmRSS:`, `VmHWM:`).
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -235,5 +254,15 @@ mod tests {
         let me = std::process::id();
         assert!(cpu_seconds(me).is_some());
         assert!(status_kib(me, "VmRSS:").unwrap() > 0);
+        // Threads that sleep and wake count, whichever thread it is.
+        let before = sleeps(me).unwrap();
+        let sleeper = thread::spawn(|| {
+            for _ in 0..3 {
+                thread::sleep(Duration::from_millis(1));
+            }
+            sleeps(std::process::id()).unwrap()
+        });
+        let after = sleeper.join().unwrap();
+        assert!(after >= before + 3, "{before} -> {after}");
     }
 }
