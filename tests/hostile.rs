@@ -174,6 +174,7 @@ fn counters(server: &Server) -> Stats {
     let mut stats = server.stats();
     stats.writer_threads = 0;
     stats.handoff_threads = 0;
+    stats.fanout_threads = 0;
     stats.writes_handed_over = 0;
     stats
 }

@@ -215,6 +215,7 @@ fn refusals_and_drops(server: &Server) -> Stats {
     let mut stats = server.stats();
     stats.writer_threads = 0;
     stats.handoff_threads = 0;
+    stats.fanout_threads = 0;
     stats.writers_at_cap = 0;
     stats.handoffs_at_cap = 0;
     stats.writes_handed_over = 0;

@@ -188,3 +188,27 @@ fn a_clients_reply_does_not_wait_for_a_writer_busy_with_another_client() {
     drop(stalled);
     server.close();
 }
+
+#[test]
+fn an_event_to_many_subscribers_is_written_by_a_few_threads_and_arrives_in_order() {
+    let server = Server::bind("127.0.0.1:0").unwrap();
+    server.event("feed");
+    let mut subscribers = subscribers(&server, 600);
+    for i in 0..30 {
+        server.emit("feed", [i]).unwrap();
+    }
+    for raw in &mut subscribers {
+        for i in 0..30 {
+            assert_eq!(raw.recv()["params"], json!([i]), "lost or out of order");
+        }
+    }
+    let stats = server.stats();
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        stats.fanout_threads,
+        cores.clamp(1, 4) - 1,
+        "one helper per core but the dispatcher's, at most three"
+    );
+    assert_eq!(stats.writes_handed_over, 0);
+    server.close();
+}

@@ -232,6 +232,9 @@ pub struct Stats {
     pub peers_timed_out: u64,
     /// Writer threads running now (at most `max_writer_threads`).
     pub writer_threads: usize,
+    /// Threads that help the dispatcher write an event with many subscribers (at most
+    /// three, fewer on a machine with fewer than four cores).
+    pub fanout_threads: usize,
     /// Threads running now that keep a slow handler going while its connection reads
     /// on in another (at most `max_handoff_threads`).
     pub handoff_threads: usize,
@@ -280,6 +283,7 @@ impl Stats {
             peers_timed_out: get(&counters.peers_timed_out),
             writer_threads: 0,
             handoff_threads: 0,
+            fanout_threads: 0,
             writers_at_cap: get(&counters.writers_at_cap),
             handoffs_at_cap: get(&counters.handoffs_at_cap),
             refused_socket_id: get(&counters.refused_socket_id),

@@ -13,11 +13,10 @@ use serde_json::Value;
 use tungstenite::Bytes;
 
 use super::Server;
-use super::admission::Counters;
 use super::connection::Conn;
+use super::fanout::{FanOut, Frames};
 use super::resume::{Claimed, Parked, Parking};
 use super::socket_ids::SocketIds;
-use crate::log_limit::warn_limited;
 use crate::protocol::Codec;
 use crate::sink::server_frame;
 
@@ -105,6 +104,8 @@ pub(crate) struct Dispatcher {
     parking: Parking,
     /// Who holds which socket id, handshakes included.
     socket_ids: SocketIds,
+    /// The threads that share the writing of an event with many subscribers.
+    fanout: FanOut,
 }
 
 impl Dispatcher {
@@ -118,6 +119,7 @@ impl Dispatcher {
             closing: VecDeque::new(),
             parking: Parking::default(),
             socket_ids: SocketIds::default(),
+            fanout: FanOut::new(),
         }
     }
 
@@ -374,29 +376,25 @@ impl Dispatcher {
     }
 
     fn emit(&mut self, namespace: &str, event: &str, params: &Value) {
-        let empty = HashMap::new();
-        let subscribers = self
-            .namespaces
-            .get(namespace)
-            .and_then(|ns| ns.subscribers.get(event))
-            .unwrap_or(&empty);
         let mut frames = EventFrames::new(event, params);
         let limit = self.server.config().session_buffer;
         self.parking
             .emit(namespace, event, limit, |codec| frames.get(codec));
-        for conn in subscribers.values() {
-            let Some(frame) = frames.get(conn.codec()) else {
-                continue;
-            };
-            if !conn.push(&self.server, &frame) {
-                warn_limited!(
-                    "client {} let its outgoing queue fill up; disconnecting it",
-                    conn.session.socket_id
-                );
-                Counters::count(&self.server.counters().slow_clients_dropped);
-                conn.drop_connection(1008, "outgoing queue full");
-            }
+        let Some(subscribers) = self
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.subscribers.get(event))
+        else {
+            return;
+        };
+        let conns: Vec<Arc<Conn>> = subscribers.values().cloned().collect();
+        for conn in &conns {
+            frames.get(conn.codec());
         }
+        self.fanout.send(&self.server, conns, frames.encoded());
+        self.server
+            .fanout_threads()
+            .store(self.fanout.helpers(), Ordering::Relaxed);
     }
 
     /// Keep a dropped connection's session, if sessions are kept and it has a token.
@@ -500,6 +498,11 @@ impl<'a> EventFrames<'a> {
             #[cfg(test)]
             encodings: 0,
         }
+    }
+
+    /// The frames encoded so far, by codec.
+    fn encoded(self) -> Frames {
+        self.frames
     }
 
     fn get(&mut self, codec: Codec) -> Option<Bytes> {

@@ -13,6 +13,7 @@ mod calls;
 mod config;
 mod connection;
 mod dispatcher;
+mod fanout;
 #[cfg(fuzzing)]
 pub(crate) mod fuzz;
 mod handshake;
@@ -25,7 +26,7 @@ mod threads;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -136,6 +137,8 @@ struct Shared {
     writers: threads::WriterPool<connection::Conn>,
     /// Threads started to read on while a slow handler runs.
     handoffs: threads::Capped,
+    /// Helper threads of the dispatcher's fan-out (it sets this).
+    fanout_threads: AtomicUsize,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -215,6 +218,7 @@ impl Server {
         let shared = Shared {
             writers,
             handoffs,
+            fanout_threads: AtomicUsize::new(0),
             config: builder.config,
             hooks: builder.hooks,
             local_addr,
@@ -488,6 +492,7 @@ impl Server {
         );
         stats.writer_threads = self.shared.writers.threads();
         stats.handoff_threads = self.shared.handoffs.running();
+        stats.fanout_threads = self.shared.fanout_threads.load(Ordering::Relaxed);
         stats
     }
 
@@ -503,6 +508,10 @@ impl Server {
 
     pub(crate) fn writers(&self) -> &threads::WriterPool<connection::Conn> {
         &self.shared.writers
+    }
+
+    pub(crate) fn fanout_threads(&self) -> &AtomicUsize {
+        &self.shared.fanout_threads
     }
 
     pub(crate) fn handoffs(&self) -> &threads::Capped {

@@ -1,0 +1,150 @@
+//! One event to its subscribers: a send that never waits per subscriber
+//! ([`Conn::push`]), split among a few threads when there are many subscribers.
+//!
+//! With many subscribers, the dispatcher writes to a share of them and up to
+//! [`MAX_SHARES`]` - 1` helper threads write to the others, and the dispatcher waits
+//! until every share is written before it takes its next command. So events still
+//! reach each subscriber in emit order, and the dispatcher stays the only owner of
+//! who is subscribed. A few threads writing get more of a busy machine's CPU than one
+//! (the scheduler shares it out thread by thread, and every subscriber's thread that an
+//! event wakes is one more to share with), so an event reaches its last subscriber
+//! sooner; no helper ever waits for a client.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use tungstenite::Bytes;
+
+use super::Server;
+use super::admission::Counters;
+use super::connection::{Conn, WRITER_STACK};
+use crate::log_limit::warn_limited;
+
+/// Subscribers an event must have before its writes are shared among threads.
+const SPLIT_AT: usize = 256;
+
+/// At most this many threads (the dispatcher and its helpers) write one event.
+pub(crate) const MAX_SHARES: usize = 4;
+
+/// An event's frame in each codec (by `Codec::index`), for the codecs its
+/// subscribers use.
+pub(crate) type Frames = [Option<Bytes>; 2];
+
+/// A share of an event's subscribers for a helper.
+struct Job {
+    conns: Arc<Vec<Arc<Conn>>>,
+    range: Range<usize>,
+    frames: Arc<Frames>,
+}
+
+/// The dispatcher's helpers, started when an event first has many subscribers.
+pub(crate) struct FanOut {
+    helpers: Vec<Sender<Job>>,
+    done_tx: Sender<()>,
+    done_rx: Receiver<()>,
+    /// Threads that may share one event: the machine's cores, at most `MAX_SHARES`.
+    shares: usize,
+}
+
+impl FanOut {
+    pub(crate) fn new() -> Self {
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        FanOut {
+            helpers: Vec::new(),
+            done_tx,
+            done_rx,
+            shares: cores.clamp(1, MAX_SHARES),
+        }
+    }
+
+    /// Helper threads running.
+    pub(crate) fn helpers(&self) -> usize {
+        self.helpers.len()
+    }
+
+    /// Write the event to every one of `conns`, and return once all are written (or
+    /// queued, for those whose socket is full).
+    pub(crate) fn send(&mut self, server: &Server, conns: Vec<Arc<Conn>>, frames: Frames) {
+        if conns.len() < SPLIT_AT || self.shares == 1 {
+            for conn in &conns {
+                deliver(server, conn, &frames);
+            }
+            return;
+        }
+        self.start_helpers(server);
+        let conns = Arc::new(conns);
+        let frames = Arc::new(frames);
+        let per = conns.len().div_ceil(self.helpers.len() + 1);
+        let mut given = 0;
+        let mut mine = vec![0..per.min(conns.len())];
+        for (i, helper) in self.helpers.iter().enumerate() {
+            let start = (i + 1) * per;
+            let range = start.min(conns.len())..((i + 2) * per).min(conns.len());
+            if range.is_empty() {
+                continue;
+            }
+            let job = Job {
+                conns: conns.clone(),
+                range,
+                frames: frames.clone(),
+            };
+            match helper.send(job) {
+                Ok(()) => given += 1,
+                // A helper that has ended: its share is the dispatcher's.
+                Err(job) => mine.push(job.into_inner().range),
+            }
+        }
+        for range in mine {
+            for conn in &conns[range] {
+                deliver(server, conn, &frames);
+            }
+        }
+        for _ in 0..given {
+            // Helpers never wait for a client: each answers as soon as its share is
+            // written. The sender is held here too, so this cannot fail.
+            let _ = self.done_rx.recv();
+        }
+    }
+
+    /// Start the helpers not started yet (as many as the machine's cores allow, less
+    /// the dispatcher); those that cannot start are done without.
+    fn start_helpers(&mut self, server: &Server) {
+        while self.helpers.len() + 1 < self.shares {
+            let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
+            let (srv, done) = (server.clone(), self.done_tx.clone());
+            let started = server.spawn("wsrpc-fanout", WRITER_STACK, move || {
+                while let Ok(job) = jobs_rx.recv() {
+                    for conn in &job.conns[job.range.clone()] {
+                        deliver(&srv, conn, &job.frames);
+                    }
+                    drop(job);
+                    let _ = done.send(());
+                }
+            });
+            if let Err(e) = started {
+                warn_limited!("could not start a fan-out thread: {e}");
+                self.shares = self.helpers.len() + 1;
+                return;
+            }
+            self.helpers.push(jobs_tx);
+        }
+    }
+}
+
+/// Write the event to one subscriber, without waiting; one whose outgoing queue is
+/// full is cut off (1008).
+pub(crate) fn deliver(server: &Server, conn: &Arc<Conn>, frames: &Frames) {
+    let Some(frame) = &frames[conn.codec().index()] else {
+        return;
+    };
+    if !conn.push(server, frame) {
+        warn_limited!(
+            "client {} let its outgoing queue fill up; disconnecting it",
+            conn.session.socket_id
+        );
+        Counters::count(&server.counters().slow_clients_dropped);
+        conn.drop_connection(1008, "outgoing queue full");
+    }
+}
