@@ -166,6 +166,19 @@ impl ServerConfig {
         }
     }
 
+    /// Stack size of the thread that runs a connection's handshake (and
+    /// `on_connection`) before its read loop moves to a thread of `stack_size`.
+    ///
+    /// More than four times `stack_size`, so that glibc never hands a handshake's
+    /// stack to a read loop: glibc keeps the stacks of ended threads for reuse by new
+    /// threads asking for that size up to a quarter of it, and an ended thread's stack
+    /// keeps the 16 KiB below where it ended resident. A read loop on a handshake's
+    /// stack held five pages for the connection's life instead of two. The extra size
+    /// is address space only, for as long as a handshake lasts.
+    pub(crate) fn handshake_stack_size(&self) -> usize {
+        self.stack_size.saturating_mul(4).saturating_add(64 << 10)
+    }
+
     pub(crate) fn websocket(&self) -> tungstenite::protocol::WebSocketConfig {
         tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
