@@ -174,9 +174,13 @@ impl ServerConfig {
     /// threads asking for that size up to a quarter of it, and an ended thread's stack
     /// keeps the 16 KiB below where it ended resident. A read loop on a handshake's
     /// stack held five pages for the connection's life instead of two. The extra size
-    /// is address space only, for as long as a handshake lasts.
+    /// is address space only, for as long as a handshake lasts. Past a `stack_size` of
+    /// 16 MiB (where a few pages matter less than a large mapping) it is `stack_size`.
     pub(crate) fn handshake_stack_size(&self) -> usize {
-        self.stack_size.saturating_mul(4).saturating_add(64 << 10)
+        if self.stack_size > 16 << 20 {
+            return self.stack_size;
+        }
+        self.stack_size * 4 + (64 << 10)
     }
 
     pub(crate) fn websocket(&self) -> tungstenite::protocol::WebSocketConfig {
@@ -417,6 +421,26 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// glibc gives a cached thread stack to a new thread asking for a quarter of its
+    /// size or more (sizes counted with the guard page): a handshake's stack must be
+    /// more than four times a reader's, guard included, and never smaller.
+    #[test]
+    fn handshake_stacks_are_never_reused_by_readers() {
+        let guard = 4 << 10;
+        for kib in [64, 508, 512, 1024, 16 << 10] {
+            let mut config = ServerConfig::default();
+            config.stack_size = kib << 10;
+            let (reader, handshake) = (
+                config.stack_size + guard,
+                config.handshake_stack_size() + guard,
+            );
+            assert!(handshake > 4 * reader, "{kib} KiB");
+        }
+        let mut config = ServerConfig::default();
+        config.stack_size = 64 << 20;
+        assert_eq!(config.handshake_stack_size(), 64 << 20);
+    }
 
     #[test]
     fn query_params_are_found_and_decoded() {
