@@ -429,16 +429,20 @@ mod tests {
     fn handshake_stacks_are_never_reused_by_readers() {
         let guard = 4 << 10;
         for kib in [64, 508, 512, 1024, 16 << 10] {
-            let mut config = ServerConfig::default();
-            config.stack_size = kib << 10;
+            let config = ServerConfig {
+                stack_size: kib << 10,
+                ..ServerConfig::default()
+            };
             let (reader, handshake) = (
                 config.stack_size + guard,
                 config.handshake_stack_size() + guard,
             );
             assert!(handshake > 4 * reader, "{kib} KiB");
         }
-        let mut config = ServerConfig::default();
-        config.stack_size = 64 << 20;
+        let config = ServerConfig {
+            stack_size: 64 << 20,
+            ..ServerConfig::default()
+        };
         assert_eq!(config.handshake_stack_size(), 64 << 20);
     }
 
