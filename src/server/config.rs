@@ -32,7 +32,9 @@ pub struct ServerConfig {
     pub read_buffer_size: usize,
     /// Stack size of connection threads, which run the handlers. Default 512 KiB: JSON
     /// nested as deep as serde_json allows (128 levels) parses with room to spare in a
-    /// debug build. Untouched stack costs no memory.
+    /// debug build. Untouched stack costs no memory. The short-lived thread of each
+    /// handshake reserves four times this (address space, not memory), so that no
+    /// connection's thread is started on a stack a handshake has used.
     pub stack_size: usize,
     /// Frames (events, close) waiting to be written to one connection. A client that
     /// lets this many pile up is disconnected (close code 1008, "outgoing queue full")
@@ -170,9 +172,9 @@ impl ServerConfig {
     /// `on_connection`) before its read loop moves to a thread of `stack_size`.
     ///
     /// More than four times `stack_size`, so that glibc never hands a handshake's
-    /// stack to a read loop: glibc keeps the stacks of ended threads for reuse by new
-    /// threads asking for that size up to a quarter of it, and an ended thread's stack
-    /// keeps the 16 KiB below where it ended resident. A read loop on a handshake's
+    /// stack to a read loop: glibc keeps the stacks of ended threads and gives one to a
+    /// new thread asking for anything from a quarter of its size to all of it, and an
+    /// ended thread's stack keeps the 16 KiB below where it ended resident. A read loop on a handshake's
     /// stack held five pages for the connection's life instead of two. The extra size
     /// is address space only, for as long as a handshake lasts. Past a `stack_size` of
     /// 16 MiB (where a few pages matter less than a large mapping) it is `stack_size`.
