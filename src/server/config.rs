@@ -32,7 +32,9 @@ pub struct ServerConfig {
     pub read_buffer_size: usize,
     /// Stack size of connection threads, which run the handlers. Default 512 KiB: JSON
     /// nested as deep as serde_json allows (128 levels) parses with room to spare in a
-    /// debug build. Untouched stack costs no memory.
+    /// debug build. Untouched stack costs no memory. The short-lived thread of each
+    /// handshake reserves four times this (address space, not memory), so that no
+    /// connection's thread is started on a stack a handshake has used.
     pub stack_size: usize,
     /// Frames (events, close) waiting to be written to one connection. A client that
     /// lets this many pile up is disconnected (close code 1008, "outgoing queue full")
@@ -168,6 +170,23 @@ impl ServerConfig {
             ping_interval: self.ping_interval,
             peer_timeout: self.peer_timeout,
         }
+    }
+
+    /// Stack size of the thread that runs a connection's handshake (and
+    /// `on_connection`) before its read loop moves to a thread of `stack_size`.
+    ///
+    /// More than four times `stack_size`, so that glibc never hands a handshake's
+    /// stack to a read loop: glibc keeps the stacks of ended threads and gives one to a
+    /// new thread asking for anything from a quarter of its size to all of it, and an
+    /// ended thread's stack keeps the 16 KiB below where it ended resident. A read loop on a handshake's
+    /// stack held five pages for the connection's life instead of two. The extra size
+    /// is address space only, for as long as a handshake lasts. Past a `stack_size` of
+    /// 16 MiB (where a few pages matter less than a large mapping) it is `stack_size`.
+    pub(crate) fn handshake_stack_size(&self) -> usize {
+        if self.stack_size > 16 << 20 {
+            return self.stack_size;
+        }
+        self.stack_size * 4 + (64 << 10)
     }
 
     pub(crate) fn websocket(&self) -> tungstenite::protocol::WebSocketConfig {
@@ -408,6 +427,30 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// glibc gives a cached thread stack to a new thread asking for a quarter of its
+    /// size or more (sizes counted with the guard page): a handshake's stack must be
+    /// more than four times a reader's, guard included, and never smaller.
+    #[test]
+    fn handshake_stacks_are_never_reused_by_readers() {
+        let guard = 4 << 10;
+        for kib in [64, 508, 512, 1024, 16 << 10] {
+            let config = ServerConfig {
+                stack_size: kib << 10,
+                ..ServerConfig::default()
+            };
+            let (reader, handshake) = (
+                config.stack_size + guard,
+                config.handshake_stack_size() + guard,
+            );
+            assert!(handshake > 4 * reader, "{kib} KiB");
+        }
+        let config = ServerConfig {
+            stack_size: 64 << 20,
+            ..ServerConfig::default()
+        };
+        assert_eq!(config.handshake_stack_size(), 64 << 20);
+    }
 
     #[test]
     fn query_params_are_found_and_decoded() {

@@ -474,7 +474,7 @@ impl Server {
             }
         };
         let server = self.clone();
-        let spawned = self.spawn("wsrpc-conn", config.stack_size, move || {
+        let spawned = self.spawn("wsrpc-conn", config.handshake_stack_size(), move || {
             connection::serve(server, stream, slot)
         });
         if let Err(e) = spawned {
