@@ -78,7 +78,8 @@ impl FanOut {
         let frames = Arc::new(frames);
         let per = conns.len().div_ceil(self.helpers.len() + 1);
         let mut given = 0;
-        let mut mine = vec![0..per.min(conns.len())];
+        let mut mine: Vec<Range<usize>> = Vec::with_capacity(self.helpers.len() + 1);
+        mine.push(0..per.min(conns.len()));
         for (i, helper) in self.helpers.iter().enumerate() {
             let start = (i + 1) * per;
             let range = start.min(conns.len())..((i + 2) * per).min(conns.len());
