@@ -428,9 +428,10 @@ impl Sink {
         self.release(w);
     }
 
-    /// Queue an event frame (`frame` is whole and encoded: [`server_frame`]) without
-    /// ever waiting for the peer; at most `limit` events stay queued.
-    pub(crate) fn offer(&self, frame: &Bytes, limit: usize) -> Offer {
+    /// Send event frames (each whole and encoded: [`server_frame`]) without ever
+    /// waiting for the peer, in one write while the socket has room; at most `limit`
+    /// events stay queued.
+    pub(crate) fn offer(&self, frames: &[Bytes], limit: usize) -> Offer {
         let mut w = lock(&self.out);
         if w.closing {
             return Offer::Closed;
@@ -438,57 +439,86 @@ impl Sink {
         if self.is_dead() {
             // Kept, as far as the bound allows, for the session if it is parked
             // ([`Sink::take_unsent`]). An ended connection is not a slow client.
-            if w.events < limit {
-                Self::push(&mut w, frame.clone(), true);
+            for frame in frames {
+                if w.events < limit {
+                    Self::push(&mut w, frame.clone(), true);
+                }
             }
             return Offer::Queued;
         }
-        if w.events >= limit {
-            return Offer::Full;
-        }
         if w.writing {
-            Self::push(&mut w, frame.clone(), true);
+            if w.events + frames.len() > limit {
+                return Offer::Full;
+            }
+            for frame in frames {
+                Self::push(&mut w, frame.clone(), true);
+            }
             return Offer::Queued;
         }
         w.writing = true;
         if !w.held.is_empty() || !w.queue.is_empty() {
             self.queue_held(&mut w);
-            Self::push(&mut w, frame.clone(), true);
+            for frame in frames {
+                Self::push(&mut w, frame.clone(), true);
+            }
             return self.try_drain(w);
         }
         // The common case: the socket has room, and one send without waiting writes
-        // the frame every subscriber shares. Nothing is copied or queued.
-        w.accepted += frame.len() as u64;
+        // the frames every subscriber shares. Nothing is copied or queued.
+        let total: usize = frames.iter().map(Bytes::len).sum();
+        w.accepted += total as u64;
         drop(w);
-        let sent = self.socket.try_write(&[IoSlice::new(frame)]);
+        let sent = match frames {
+            [one] => self.socket.try_write(&[IoSlice::new(one)]),
+            _ => {
+                let slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+                self.socket.try_write(&slices)
+            }
+        };
         let mut w = lock(&self.out);
         let n = match sent {
             Some(Ok(n)) => n,
-            // TLS: a writer thread writes it.
+            // TLS: a writer thread writes them.
             None => 0,
             Some(Err(e)) => {
-                w.queue.push_front(Chunk {
-                    bytes: frame.clone(),
-                    event: true,
-                });
-                w.events += 1;
+                // Kept whole for the session, ahead of anything queued meanwhile.
+                Self::push_front(&mut w, frames, 0);
                 self.fail(&mut w, &e, false);
                 return Offer::Queued;
             }
         };
         w.written += n as u64;
-        if n < frame.len() {
-            // Others queue only behind it while this thread is the writer.
+        if n == total {
+            // Others may have queued behind this write meanwhile.
+            return self.try_drain(w);
+        }
+        // The rest goes first (others queue only behind it while this thread is the
+        // writer), for a writer that may wait.
+        let mut skip = n;
+        let mut first = 0;
+        while skip >= frames[first].len() {
+            skip -= frames[first].len();
+            first += 1;
+        }
+        Self::push_front(&mut w, &frames[first..], skip);
+        w.handed = true;
+        if w.events > limit {
+            return Offer::Full;
+        }
+        Offer::HandOver
+    }
+
+    /// Put event frames at the front of the queue, in order, `sent` bytes of the
+    /// first already written.
+    fn push_front(w: &mut Out, frames: &[Bytes], sent: usize) {
+        for frame in frames.iter().rev() {
             w.queue.push_front(Chunk {
                 bytes: frame.clone(),
                 event: true,
             });
-            w.front_sent = n;
-            w.events += 1;
-            w.handed = true;
-            return Offer::HandOver;
         }
-        self.try_drain(w)
+        w.events += frames.len();
+        w.front_sent = sent;
     }
 
     /// As the writer, write what the socket takes without waiting; `HandOver` if
@@ -854,7 +884,7 @@ mod tests {
         let (sink, mut peer) = pair();
         let frames: Vec<Bytes> = (0..10).map(|n| event(n, 100)).collect();
         for frame in &frames {
-            assert_eq!(sink.offer(frame, 4), Offer::Sent);
+            assert_eq!(sink.offer(std::slice::from_ref(frame), 4), Offer::Sent);
         }
         assert_eq!(sink.queued_events(), 0);
         assert_eq!(numbers(&mut peer, &frames), (0..10).collect::<Vec<_>>());
@@ -869,7 +899,7 @@ mod tests {
         loop {
             let frame = event(n, 16 << 10);
             n += 1;
-            let offer = sink.offer(&frame, 8);
+            let offer = sink.offer(std::slice::from_ref(&frame), 8);
             offered.push(frame);
             match offer {
                 Offer::Sent => assert!(n < 10_000, "the socket never filled"),
@@ -882,10 +912,10 @@ mod tests {
         for _ in 0..7 {
             let frame = event(n, 16 << 10);
             n += 1;
-            assert_eq!(sink.offer(&frame, 8), Offer::Queued);
+            assert_eq!(sink.offer(std::slice::from_ref(&frame), 8), Offer::Queued);
             offered.push(frame);
         }
-        assert_eq!(sink.offer(&event(n, 16 << 10), 8), Offer::Full);
+        assert_eq!(sink.offer(&[event(n, 16 << 10)], 8), Offer::Full);
         // A writer that may wait takes it up and finishes while the peer reads.
         assert!(sink.take_up());
         assert!(!sink.take_up(), "taken up twice");
@@ -908,8 +938,39 @@ mod tests {
         assert_eq!(sink.queued_events(), 0);
         // The writer let go: the next event goes straight out again.
         let next = event(n, 10);
-        assert_eq!(sink.offer(&next, 8), Offer::Sent);
+        assert_eq!(sink.offer(std::slice::from_ref(&next), 8), Offer::Sent);
         assert_eq!(numbers(&mut peer, &[next]), vec![n]);
+    }
+
+    #[test]
+    fn frames_offered_together_go_out_in_one_write_and_stay_in_order_when_cut() {
+        let (sink, mut peer) = pair();
+        let mut offered = Vec::new();
+        let mut n = 0;
+        loop {
+            let batch: Vec<Bytes> = (n..n + 5).map(|i| event(i, 12 << 10)).collect();
+            n += 5;
+            let offer = sink.offer(&batch, 1000);
+            offered.extend(batch);
+            match offer {
+                Offer::Sent => assert!(n < 50_000, "the socket never filled"),
+                Offer::HandOver => break,
+                other => panic!("{other:?} before the socket was full"),
+            }
+        }
+        assert!(sink.queued_events() >= 1 && sink.queued_events() <= 5);
+        // A batch that would pass the bound behind a write under way is refused whole.
+        let limit = sink.queued_events() + 2;
+        assert_eq!(
+            sink.offer(&[event(n, 1), event(n + 1, 1), event(n + 2, 1)], limit),
+            Offer::Full
+        );
+        assert!(sink.take_up());
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| while sink.write_some() == Progress::More {});
+            assert_eq!(numbers(&mut peer, &offered), (0..n).collect::<Vec<_>>());
+            writer.join().unwrap();
+        });
     }
 
     #[test]
@@ -920,7 +981,7 @@ mod tests {
         while {
             let frame = event(n, 16 << 10);
             n += 1;
-            let offer = sink.offer(&frame, 1000);
+            let offer = sink.offer(std::slice::from_ref(&frame), 1000);
             offered.push(frame);
             offer == Offer::Sent
         } {}
@@ -937,23 +998,23 @@ mod tests {
         let sent = sent_rx.recv_timeout(Duration::from_secs(10));
         assert!(matches!(sent, Ok(Ok(()))), "{sent:?}");
         assert!(!sink.take_up(), "a writer of the pool would write it again");
-        assert_eq!(sink.offer(&event(n, 10), 1000), Offer::Sent);
+        assert_eq!(sink.offer(&[event(n, 10)], 1000), Offer::Sent);
     }
 
     #[test]
     fn an_ended_connection_keeps_its_unwritten_events_whole_for_its_session() {
         let (sink, _peer) = pair();
         let mut n = 0;
-        while sink.offer(&event(n, 16 << 10), 1000) == Offer::Sent {
+        while sink.offer(&[event(n, 16 << 10)], 1000) == Offer::Sent {
             n += 1;
         }
         let cut_short = n;
-        assert_eq!(sink.offer(&event(n + 1, 10), 1000), Offer::Queued);
+        assert_eq!(sink.offer(&[event(n + 1, 10)], 1000), Offer::Queued);
         sink.shutdown();
         assert_eq!(sink.write_some(), Progress::Failed);
         // After the end, events are kept (no longer a slow client), up to the bound.
-        assert_eq!(sink.offer(&event(n + 2, 10), 3), Offer::Queued);
-        assert_eq!(sink.offer(&event(n + 3, 10), 3), Offer::Queued);
+        assert_eq!(sink.offer(&[event(n + 2, 10)], 3), Offer::Queued);
+        assert_eq!(sink.offer(&[event(n + 3, 10)], 3), Offer::Queued);
         let unsent: Vec<u32> = sink.take_unsent().iter().map(|f| number_of(f)).collect();
         assert_eq!(unsent, vec![cut_short, n + 1, n + 2]);
     }

@@ -131,11 +131,12 @@ impl Conn {
             .compare_exchange(0, settled, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Send an event frame (whole, encoded once for every subscriber) without
-    /// waiting for the client: written at once while its socket has room, else queued
-    /// for a writer thread. `false` when `capacity` events are queued already.
-    pub(crate) fn push(self: &Arc<Self>, server: &Server, frame: &Bytes) -> bool {
-        match self.sink.offer(frame, self.capacity) {
+    /// Send event frames (whole, each encoded once for every subscriber) without
+    /// waiting for the client: written at once, in one write, while its socket has
+    /// room, else queued for a writer thread. `false` when that would put more than
+    /// `capacity` events in its queue.
+    pub(crate) fn push(self: &Arc<Self>, server: &Server, frames: &[Bytes]) -> bool {
+        match self.sink.offer(frames, self.capacity) {
             Offer::Sent | Offer::Queued | Offer::Closed => true,
             Offer::HandOver => {
                 self.hand_over(server);

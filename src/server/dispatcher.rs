@@ -3,6 +3,7 @@
 //! the server, and watches for handlers that run long enough to hold up their
 //! connection's later requests.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use tungstenite::Bytes;
 
 use super::Server;
 use super::connection::Conn;
-use super::fanout::{FanOut, Frames};
+use super::fanout::{Delivery, FanOut};
 use super::resume::{Claimed, Parked, Parking};
 use super::socket_ids::SocketIds;
 use crate::protocol::Codec;
@@ -79,6 +80,9 @@ pub(crate) enum Command {
     Wake,
 }
 
+/// Emits sent out together, at most, when several are queued.
+const EMIT_BATCH: usize = 64;
+
 /// How often the dispatcher looks whether the writer pool is stuck while connections
 /// wait for a writer.
 const POOL_LOOK: std::time::Duration = std::time::Duration::from_millis(10);
@@ -106,6 +110,9 @@ pub(crate) struct Dispatcher {
     socket_ids: SocketIds,
     /// The threads that share the writing of an event with many subscribers.
     fanout: FanOut,
+    /// A command taken from the queue while looking for emits to send together with
+    /// one: the next one to handle.
+    next: Option<Command>,
 }
 
 impl Dispatcher {
@@ -120,6 +127,7 @@ impl Dispatcher {
             parking: Parking::default(),
             socket_ids: SocketIds::default(),
             fanout: FanOut::new(),
+            next: None,
         }
     }
 
@@ -147,12 +155,13 @@ impl Dispatcher {
                 .chain(next_drop)
                 .chain(next_expiry)
                 .chain(next_pool_look);
-            let received = match deadlines.min() {
-                None => self
+            let received = match (self.next.take(), deadlines.min()) {
+                (Some(command), _) => Ok(command),
+                (None, None) => self
                     .commands
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
-                Some(at) => self.commands.recv_deadline(at),
+                (None, Some(at)) => self.commands.recv_deadline(at),
             };
             match received {
                 Ok(Command::Shutdown { done }) => {
@@ -241,7 +250,24 @@ impl Dispatcher {
                 namespace,
                 event,
                 params,
-            } => self.emit(&namespace, &event, &params),
+            } => {
+                // Emits queued behind this one go out with it: to each subscriber in
+                // one write, in emit order. (Only when the dispatcher is behind.)
+                let mut batch = vec![(namespace, event, params)];
+                while batch.len() < EMIT_BATCH && self.next.is_none() {
+                    match self.commands.try_recv() {
+                        Ok(Command::Emit {
+                            namespace,
+                            event,
+                            params,
+                        }) => batch.push((namespace, event, params)),
+                        // Taken next, by the loop, as if it were still queued.
+                        Ok(other) => self.next = Some(other),
+                        Err(_) => break,
+                    }
+                }
+                self.emit(&batch);
+            }
             Command::Clients { namespace, reply } => {
                 let ids = self.namespaces.get(&namespace).map(|ns| {
                     ns.clients
@@ -296,7 +322,7 @@ impl Dispatcher {
                 session.missed.len()
             );
             for frame in &session.missed {
-                if !conn.push(&self.server, frame) {
+                if !conn.push(&self.server, std::slice::from_ref(frame)) {
                     conn.drop_connection(1008, "outgoing queue full");
                     break;
                 }
@@ -375,23 +401,42 @@ impl Dispatcher {
         }
     }
 
-    fn emit(&mut self, namespace: &str, event: &str, params: &Value) {
-        let mut frames = EventFrames::new(event, params);
+    /// Send events (namespace, name, params) to their subscribers, each subscriber's
+    /// in emit order and in one write.
+    fn emit(&mut self, batch: &[(String, String, Value)]) {
         let limit = self.server.config().session_buffer;
-        self.parking
-            .emit(namespace, event, limit, |codec| frames.get(codec));
-        let Some(subscribers) = self
-            .namespaces
-            .get(namespace)
-            .and_then(|ns| ns.subscribers.get(event))
-        else {
-            return;
-        };
-        let conns: Vec<Arc<Conn>> = subscribers.values().cloned().collect();
-        for conn in &conns {
-            frames.get(conn.codec());
+        let mut deliveries: Vec<Delivery> = Vec::new();
+        // Where each connection's frames are in `deliveries` (with several events).
+        let mut index: HashMap<u64, usize> = HashMap::new();
+        for (namespace, event, params) in batch {
+            let mut frames = EventFrames::new(event, params);
+            self.parking
+                .emit(namespace, event, limit, |codec| frames.get(codec));
+            let Some(subscribers) = self
+                .namespaces
+                .get(namespace)
+                .and_then(|ns| ns.subscribers.get(event))
+            else {
+                continue;
+            };
+            for (key, conn) in subscribers {
+                let Some(frame) = frames.get(conn.codec()) else {
+                    continue;
+                };
+                if batch.len() == 1 {
+                    deliveries.push((conn.clone(), vec![frame]));
+                    continue;
+                }
+                match index.entry(*key) {
+                    Entry::Occupied(at) => deliveries[*at.get()].1.push(frame),
+                    Entry::Vacant(at) => {
+                        at.insert(deliveries.len());
+                        deliveries.push((conn.clone(), vec![frame]));
+                    }
+                }
+            }
         }
-        self.fanout.send(&self.server, conns, frames.encoded());
+        self.fanout.send(&self.server, deliveries);
         self.server
             .fanout_threads()
             .store(self.fanout.helpers(), Ordering::Relaxed);
@@ -498,11 +543,6 @@ impl<'a> EventFrames<'a> {
             #[cfg(test)]
             encodings: 0,
         }
-    }
-
-    /// The frames encoded so far, by codec.
-    fn encoded(self) -> Frames {
-        self.frames
     }
 
     fn get(&mut self, codec: Codec) -> Option<Bytes> {

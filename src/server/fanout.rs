@@ -1,4 +1,4 @@
-//! One event to its subscribers: a send that never waits per subscriber
+//! Events to their subscribers: a send that never waits per subscriber
 //! ([`Conn::push`]), split among a few threads when there are many subscribers.
 //!
 //! With many subscribers, the dispatcher writes to a share of them and up to
@@ -27,15 +27,13 @@ const SPLIT_AT: usize = 256;
 /// At most this many threads (the dispatcher and its helpers) write one event.
 pub(crate) const MAX_SHARES: usize = 4;
 
-/// An event's frame in each codec (by `Codec::index`), for the codecs its
-/// subscribers use.
-pub(crate) type Frames = [Option<Bytes>; 2];
+/// A subscriber and the frames it is sent (one, or several emitted together).
+pub(crate) type Delivery = (Arc<Conn>, Vec<Bytes>);
 
-/// A share of an event's subscribers for a helper.
+/// A share of the subscribers for a helper.
 struct Job {
-    conns: Arc<Vec<Arc<Conn>>>,
+    deliveries: Arc<Vec<Delivery>>,
     range: Range<usize>,
-    frames: Arc<Frames>,
 }
 
 /// The dispatcher's helpers, started when an event first has many subscribers.
@@ -64,18 +62,17 @@ impl FanOut {
         self.helpers.len()
     }
 
-    /// Write the event to every one of `conns`, and return once all are written (or
-    /// queued, for those whose socket is full).
-    pub(crate) fn send(&mut self, server: &Server, conns: Vec<Arc<Conn>>, frames: Frames) {
-        if conns.len() < SPLIT_AT || self.shares == 1 {
-            for conn in &conns {
-                deliver(server, conn, &frames);
+    /// Write each delivery's frames to its subscriber, and return once all are
+    /// written (or queued, for those whose socket is full).
+    pub(crate) fn send(&mut self, server: &Server, deliveries: Vec<Delivery>) {
+        if deliveries.len() < SPLIT_AT || self.shares == 1 {
+            for (conn, frames) in &deliveries {
+                deliver(server, conn, frames);
             }
             return;
         }
         self.start_helpers(server);
-        let conns = Arc::new(conns);
-        let frames = Arc::new(frames);
+        let conns = Arc::new(deliveries);
         let per = conns.len().div_ceil(self.helpers.len() + 1);
         let mut given = 0;
         let mut mine: Vec<Range<usize>> = Vec::with_capacity(self.helpers.len() + 1);
@@ -87,9 +84,8 @@ impl FanOut {
                 continue;
             }
             let job = Job {
-                conns: conns.clone(),
+                deliveries: conns.clone(),
                 range,
-                frames: frames.clone(),
             };
             match helper.send(job) {
                 Ok(()) => given += 1,
@@ -98,8 +94,8 @@ impl FanOut {
             }
         }
         for range in mine {
-            for conn in &conns[range] {
-                deliver(server, conn, &frames);
+            for (conn, frames) in &conns[range] {
+                deliver(server, conn, frames);
             }
         }
         for _ in 0..given {
@@ -117,8 +113,8 @@ impl FanOut {
             let (srv, done) = (server.clone(), self.done_tx.clone());
             let started = server.spawn("wsrpc-fanout", WRITER_STACK, move || {
                 while let Ok(job) = jobs_rx.recv() {
-                    for conn in &job.conns[job.range.clone()] {
-                        deliver(&srv, conn, &job.frames);
+                    for (conn, frames) in &job.deliveries[job.range.clone()] {
+                        deliver(&srv, conn, frames);
                     }
                     drop(job);
                     let _ = done.send(());
@@ -134,13 +130,10 @@ impl FanOut {
     }
 }
 
-/// Write the event to one subscriber, without waiting; one whose outgoing queue is
-/// full is cut off (1008).
-pub(crate) fn deliver(server: &Server, conn: &Arc<Conn>, frames: &Frames) {
-    let Some(frame) = &frames[conn.codec().index()] else {
-        return;
-    };
-    if !conn.push(server, frame) {
+/// Write events to one subscriber, without waiting; one whose outgoing queue is full
+/// is cut off (1008).
+pub(crate) fn deliver(server: &Server, conn: &Arc<Conn>, frames: &[Bytes]) {
+    if !conn.push(server, frames) {
         warn_limited!(
             "client {} let its outgoing queue fill up; disconnecting it",
             conn.session.socket_id
