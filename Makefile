@@ -53,7 +53,7 @@ interop: interop-deps
 
 # wsrpc against rpc-websockets (Node), jsonrpsee and a bare tungstenite server, same
 # workloads, same run (three rounds; the steady-rate fan-out workloads two; about
-# fourteen minutes): writes BENCHMARKS.md and benchmarks/*.svg.
+# twelve minutes): writes BENCHMARKS.md and benchmarks/*.svg.
 # The idle workload holds 10,000 connections: the open-file limit is raised to the hard
 # limit first.
 bench: interop-deps
