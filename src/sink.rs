@@ -5,7 +5,7 @@
 //! What is sent is queued as encoded frames; whoever finds nobody writing becomes the
 //! writer until the queue is empty. Two kinds of sender:
 //! - threads that must never wait for a peer (the dispatcher fanning an event out to
-//!   thousands of subscribers) [`Sink::offer`] a frame: it is written at once with a
+//!   thousands of subscribers) [`Sink::offer`] frames: it is written at once with a
 //!   send that does not wait ([`Socket::try_write`]), and only when the kernel's send
 //!   buffer is full is the rest handed over ([`Offer::HandOver`]) to a thread that may
 //!   wait, which then calls [`Sink::write_some`] until the queue is empty;
@@ -103,7 +103,7 @@ struct Chunk {
     event: bool,
 }
 
-/// What [`Sink::offer`] did with a frame.
+/// What [`Sink::offer`] did with frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offer {
     /// Written, all of it.
@@ -481,8 +481,9 @@ impl Sink {
             // TLS: a writer thread writes them.
             None => 0,
             Some(Err(e)) => {
-                // Kept whole for the session, ahead of anything queued meanwhile.
-                Self::push_front(&mut w, frames, 0);
+                // Kept whole for the session (as far as the bound allows), ahead of
+                // anything queued meanwhile.
+                Self::push_front(&mut w, &frames[..frames.len().min(limit)], 0);
                 self.fail(&mut w, &e, false);
                 return Offer::Queued;
             }
@@ -500,11 +501,9 @@ impl Sink {
             skip -= frames[first].len();
             first += 1;
         }
+        // The bound is checked by the next offer, once the writer has had its chance.
         Self::push_front(&mut w, &frames[first..], skip);
         w.handed = true;
-        if w.events > limit {
-            return Offer::Full;
-        }
         Offer::HandOver
     }
 

@@ -254,7 +254,9 @@ impl Dispatcher {
                 // Emits queued behind this one go out with it: to each subscriber in
                 // one write, in emit order. (Only when the dispatcher is behind.)
                 let mut batch = vec![(namespace, event, params)];
-                while batch.len() < EMIT_BATCH && self.next.is_none() {
+                // Never more than a subscriber's queue may hold.
+                let most = EMIT_BATCH.min(self.server.config().outgoing_queue);
+                while batch.len() < most && self.next.is_none() {
                     match self.commands.try_recv() {
                         Ok(Command::Emit {
                             namespace,
@@ -437,9 +439,6 @@ impl Dispatcher {
             }
         }
         self.fanout.send(&self.server, deliveries);
-        self.server
-            .fanout_threads()
-            .store(self.fanout.helpers(), Ordering::Relaxed);
     }
 
     /// Keep a dropped connection's session, if sessions are kept and it has a token.

@@ -12,16 +12,18 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use tungstenite::Bytes;
 
 use super::Server;
 use super::admission::Counters;
-use super::connection::{Conn, WRITER_STACK};
+use super::connection::Conn;
 use crate::log_limit::warn_limited;
 
-/// Subscribers an event must have before its writes are shared among threads.
+/// Subscribers an event (or a batch of events sent together) must have before its
+/// writes are shared among threads.
 const SPLIT_AT: usize = 256;
 
 /// At most this many threads (the dispatcher and its helpers) write one event.
@@ -34,32 +36,25 @@ pub(crate) type Delivery = (Arc<Conn>, Vec<Bytes>);
 struct Job {
     deliveries: Arc<Vec<Delivery>>,
     range: Range<usize>,
+    /// Dropped when the share is written, or when the job is dropped unwritten (the
+    /// helper panicked, or had ended): the dispatcher waits for every job's.
+    _done: Sender<()>,
 }
 
-/// The dispatcher's helpers, started when an event first has many subscribers.
+/// The dispatcher's helpers, started when a batch first has many subscribers.
 pub(crate) struct FanOut {
     helpers: Vec<Sender<Job>>,
-    done_tx: Sender<()>,
-    done_rx: Receiver<()>,
-    /// Threads that may share one event: the machine's cores, at most `MAX_SHARES`.
+    /// Threads that may share one batch: the machine's cores, at most `MAX_SHARES`.
     shares: usize,
 }
 
 impl FanOut {
     pub(crate) fn new() -> Self {
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         FanOut {
             helpers: Vec::new(),
-            done_tx,
-            done_rx,
             shares: cores.clamp(1, MAX_SHARES),
         }
-    }
-
-    /// Helper threads running.
-    pub(crate) fn helpers(&self) -> usize {
-        self.helpers.len()
     }
 
     /// Write each delivery's frames to its subscriber, and return once all are
@@ -74,7 +69,7 @@ impl FanOut {
         self.start_helpers(server);
         let conns = Arc::new(deliveries);
         let per = conns.len().div_ceil(self.helpers.len() + 1);
-        let mut given = 0;
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let mut mine: Vec<Range<usize>> = Vec::with_capacity(self.helpers.len() + 1);
         mine.push(0..per.min(conns.len()));
         for (i, helper) in self.helpers.iter().enumerate() {
@@ -86,23 +81,22 @@ impl FanOut {
             let job = Job {
                 deliveries: conns.clone(),
                 range,
+                _done: done_tx.clone(),
             };
-            match helper.send(job) {
-                Ok(()) => given += 1,
-                // A helper that has ended: its share is the dispatcher's.
-                Err(job) => mine.push(job.into_inner().range),
+            // A helper that has ended: its share is the dispatcher's.
+            if let Err(job) = helper.send(job) {
+                mine.push(job.into_inner().range.clone());
             }
         }
+        drop(done_tx);
         for range in mine {
             for (conn, frames) in &conns[range] {
                 deliver(server, conn, frames);
             }
         }
-        for _ in 0..given {
-            // Helpers never wait for a client: each answers as soon as its share is
-            // written. The sender is held here too, so this cannot fail.
-            let _ = self.done_rx.recv();
-        }
+        // Helpers never wait for a client: each job's sender is dropped as soon as its
+        // share is written (or the job is dropped unwritten), and then this returns.
+        let _ = done_rx.recv();
     }
 
     /// Start the helpers not started yet (as many as the machine's cores allow, less
@@ -110,14 +104,16 @@ impl FanOut {
     fn start_helpers(&mut self, server: &Server) {
         while self.helpers.len() + 1 < self.shares {
             let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
-            let (srv, done) = (server.clone(), self.done_tx.clone());
-            let started = server.spawn("wsrpc-fanout", WRITER_STACK, move || {
+            let srv = server.clone();
+            // The stack of a connection thread: a helper may call the application's
+            // logger (a client cut off). Address space only.
+            let stack = server.config().stack_size;
+            let started = server.spawn("wsrpc-fanout", stack, move || {
+                let _running = Running::new(srv.fanout_threads());
                 while let Ok(job) = jobs_rx.recv() {
                     for (conn, frames) in &job.deliveries[job.range.clone()] {
                         deliver(&srv, conn, frames);
                     }
-                    drop(job);
-                    let _ = done.send(());
                 }
             });
             if let Err(e) = started {
@@ -127,6 +123,22 @@ impl FanOut {
             }
             self.helpers.push(jobs_tx);
         }
+    }
+}
+
+/// Counts a helper thread in `Stats::fanout_threads` while it runs (a panic included).
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Running(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
