@@ -178,8 +178,9 @@ impl ServerConfig {
     /// More than four times `stack_size`, so that glibc never hands a handshake's
     /// stack to a read loop: glibc keeps the stacks of ended threads and gives one to a
     /// new thread asking for anything from a quarter of its size to all of it, and an
-    /// ended thread's stack keeps the 16 KiB below where it ended resident. A read loop on a handshake's
-    /// stack held five pages for the connection's life instead of two. The extra size
+    /// ended thread's stack keeps the 16 KiB below where it ended resident. A read
+    /// loop on a handshake's stack held five pages for the connection's life instead
+    /// of two. The extra size
     /// is address space only, for as long as a handshake lasts. Past a `stack_size` of
     /// 16 MiB (where a few pages matter less than a large mapping) it is `stack_size`.
     pub(crate) fn handshake_stack_size(&self) -> usize {
