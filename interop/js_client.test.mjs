@@ -62,6 +62,9 @@ describe("calls", () => {
   it("whoami returns the socket_id given in the URL", async () => {
     const named = await connect("/?socket_id=interop-42");
     assert.equal(await call(named, "whoami"), "interop-42");
+    // Its handler takes no params: "no arguments" in the forms callers send it.
+    assert.equal(await call(named, "whoami", []), "interop-42");
+    assert.equal(await call(named, "whoami", {}), "interop-42");
     const a = await connect();
     const b = await connect();
     const idA = await call(a, "whoami");

@@ -808,3 +808,34 @@ fn a_panicking_connection_hook_does_not_break_the_connection() {
     assert_eq!(gone.socket_id, "h");
     server.close();
 }
+
+// ---------------------------------------------------------------- params
+
+#[test]
+fn a_method_without_params_answers_empty_array_object_null_and_absent_params() {
+    let server = server();
+    server.register("balance", |_: (), _| Ok::<_, wsrpc::RpcError>(42));
+    server.register("page", |p: Option<(u32, u32)>, _| {
+        Ok::<_, wsrpc::RpcError>(p.map_or(0, |(a, b)| a * b))
+    });
+    let mut raw = connect(&server, "/");
+    // What JavaScript callers send: `client.call("balance", [])`, `{}`, null, nothing.
+    for params in [
+        r#","params":[]"#,
+        r#","params":{}"#,
+        r#","params":null"#,
+        "",
+    ] {
+        let frame = format!(r#"{{"jsonrpc":"2.0","method":"balance"{params},"id":1}}"#);
+        assert_eq!(raw.request(&frame)["result"], json!(42), "{frame}");
+        let frame = format!(r#"{{"jsonrpc":"2.0","method":"page"{params},"id":2}}"#);
+        assert_eq!(raw.request(&frame)["result"], json!(0), "{frame}");
+    }
+    assert_eq!(raw.call("page", json!([3, 4]))["result"], json!(12));
+    // Arguments where none are taken are still refused.
+    assert_eq!(
+        raw.call("balance", json!([1]))["error"]["code"],
+        json!(-32602)
+    );
+    finish(server, vec![raw]);
+}

@@ -71,9 +71,42 @@ impl<'a> Params<'a> {
     }
 
     /// Deserialize into the handler's type; absent params read as `null`, so `()`,
-    /// `Option<T>` and `serde_json::Value` accept them.
+    /// `Option<T>` and `serde_json::Value` accept them. An empty array or object
+    /// (what JavaScript callers send for "no arguments") reads as itself when the type
+    /// takes it (an empty `Vec`, a struct of optional fields), and as absent params
+    /// otherwise: `()` and `Option<T>` accept `[]`, `{}`, `null` and no params alike.
     pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
-        self.parse_seed(PhantomData::<T>)
+        match self.parse_seed(PhantomData::<T>) {
+            Err(refused) if self.is_empty() => Params::Absent
+                .parse_seed(PhantomData::<T>)
+                .map_err(|_| refused),
+            parsed => parsed,
+        }
+    }
+
+    /// Whether the params are an empty array or an empty object.
+    fn is_empty(&self) -> bool {
+        match *self {
+            Params::Absent => false,
+            Params::Json(raw) => {
+                let text = raw.get().trim();
+                let inside = text
+                    .strip_prefix('[')
+                    .and_then(|t| t.strip_suffix(']'))
+                    .or_else(|| text.strip_prefix('{').and_then(|t| t.strip_suffix('}')));
+                inside.is_some_and(|inside| inside.trim().is_empty())
+            }
+            // fixarray or fixmap of length 0, or array/map 16 or 32 of length 0.
+            Params::MsgPack { bytes, .. } => matches!(
+                bytes,
+                [0x90]
+                    | [0x80]
+                    | [0xdc, 0, 0]
+                    | [0xde, 0, 0]
+                    | [0xdd, 0, 0, 0, 0]
+                    | [0xdf, 0, 0, 0, 0]
+            ),
+        }
     }
 
     /// [`Params::parse`] with a seed. Self-describing values (`serde_json::Value` and
@@ -485,6 +518,76 @@ mod tests {
         assert_eq!(opt, None);
         let err = Params::Absent.parse::<(i32, i32)>().unwrap_err();
         assert_eq!((err.code, err.message.as_str()), (-32602, "Invalid params"));
+    }
+
+    #[derive(serde::Deserialize, Debug, PartialEq, Default)]
+    struct Optional {
+        #[serde(default)]
+        limit: Option<u32>,
+    }
+
+    /// Each empty container as JSON text and in MessagePack (short and long forms).
+    fn empties() -> Vec<(String, Vec<u8>)> {
+        let texts = ["[]", "{}", " [ ] ", "{\n}"];
+        let packs: [&[u8]; 6] = [
+            &[0x90],
+            &[0x80],
+            &[0xdc, 0, 0],
+            &[0xde, 0, 0],
+            &[0xdd, 0, 0, 0, 0],
+            &[0xdf, 0, 0, 0, 0],
+        ];
+        texts
+            .iter()
+            .map(|t| t.to_string())
+            .zip(packs.iter().map(|p| p.to_vec()))
+            .chain(packs[4..].iter().map(|p| ("[]".to_string(), p.to_vec())))
+            .collect()
+    }
+
+    fn both<T: DeserializeOwned>(text: &str, pack: &[u8]) -> [Result<T, RpcError>; 2] {
+        let raw = RawValue::from_string(text.to_owned()).unwrap();
+        let params = Params::MsgPack {
+            bytes: pack,
+            raw: false,
+        };
+        [Params::Json(&raw).parse(), params.parse()]
+    }
+
+    #[test]
+    fn empty_array_and_object_params_mean_none_to_unit_and_option() {
+        for (text, pack) in empties() {
+            for unit in both::<()>(&text, &pack) {
+                assert_eq!(unit.unwrap(), (), "{text} / {pack:02x?} into ()");
+            }
+            for none in both::<Option<(i32, i32)>>(&text, &pack) {
+                assert_eq!(none.unwrap(), None, "{text} / {pack:02x?} into Option");
+            }
+        }
+        // A type that takes the empty container takes it as it is.
+        let [json, pack] = both::<Vec<i32>>("[]", &[0x90]);
+        assert_eq!((json.unwrap(), pack.unwrap()), (vec![], vec![]));
+        let [json, pack] = both::<Optional>("{}", &[0x80]);
+        assert_eq!(
+            (json.unwrap(), pack.unwrap()),
+            (Optional::default(), Optional::default())
+        );
+        let [json, pack] = both::<Option<Vec<i32>>>("[]", &[0x90]);
+        assert_eq!((json.unwrap(), pack.unwrap()), (Some(vec![]), Some(vec![])));
+        // Types that need arguments still refuse them, with what the container said.
+        for refused in both::<(i32, i32)>("[]", &[0x90]) {
+            let err = refused.unwrap_err();
+            assert_eq!(err.code, -32602);
+            assert!(
+                err.data
+                    .as_ref()
+                    .is_some_and(|d| d.to_string().contains("length 0")),
+                "{:?}",
+                err.data
+            );
+        }
+        // Non-empty params are not read as none.
+        assert!(both::<()>("[1]", &[0x91, 1]).iter().all(Result::is_err));
     }
 }
 

@@ -49,10 +49,11 @@ impl Namespace {
     }
 
     /// Register a method. The handler gets the params deserialized into `P` (a struct,
-    /// a tuple, a `Vec`, or `serde_json::Value` for anything; absent params read as
-    /// `null`, so `()` and `Option<T>` accept them) and returns a serializable value or
-    /// an [`RpcError`]. Params that do not fit `P` get `-32602 Invalid params`; a panic
-    /// gets `-32603 Internal error`.
+    /// a tuple, a `Vec`, or `serde_json::Value` for anything) and returns a serializable
+    /// value or an [`RpcError`]. `()` and `Option<T>` take "no params" in every form a
+    /// client sends it: absent, `null`, `[]` and `{}` (an empty array or object still
+    /// reads as itself into a type that takes it, such as a `Vec`). Params that do not
+    /// fit `P` get `-32602 Invalid params`; a panic gets `-32603 Internal error`.
     ///
     /// Registering a name again replaces the handler and keeps the rest: a protected
     /// method stays protected, and [`allow_raw_values`](MethodHandle::allow_raw_values)

@@ -50,7 +50,7 @@ pub fn install(server: &Server) {
         std::thread::sleep(Duration::from_millis(ms));
         Ok(ms)
     });
-    server.register("whoami", |_: Value, ctx| Ok(ctx.socket_id().to_owned()));
+    server.register("whoami", |_: (), ctx| Ok(ctx.socket_id().to_owned()));
     server.register("fail", |_: Value, _| -> Result<(), RpcError> {
         Err(RpcError::new(-32050, "Server error").with_data("Server error details"))
     });
