@@ -740,9 +740,11 @@ mod tests {
             .and_then(|value| T::deserialize(value).map_err(|e| e.to_string()))
     }
 
+    /// The typed decoder alone: without `Params::parse`'s reading of empty params as
+    /// none, which decoding through a `Value` never had.
     fn direct<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         Params::MsgPack { bytes, raw: false }
-            .parse::<T>()
+            .parse_seed(std::marker::PhantomData::<T>)
             .map_err(|e| e.data.unwrap().as_str().unwrap().to_owned())
     }
 
