@@ -714,3 +714,16 @@ fn open_after_close_fails_at_once() {
     assert!(matches!(client.call("sum", [1]), Err(Error::Closed)));
     server.close();
 }
+
+#[test]
+fn an_address_without_a_scheme_is_refused_with_a_reason() {
+    let err = Client::connect("127.0.0.1:9/").unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("scheme is missing") && text.contains("ws://127.0.0.1:9/"),
+        "{text}"
+    );
+    let err = Client::connect("http://127.0.0.1:9/").unwrap_err();
+    assert!(err.to_string().contains("ws:// or wss://"), "{err}");
+}

@@ -58,6 +58,14 @@ impl Target {
     }
 
     fn request(&self) -> Result<Request, Error> {
+        if !self.url.contains("://") {
+            // The HTTP parser would only say "HTTP format error".
+            return Err(Error::InvalidUrl(format!(
+                "{}: the scheme is missing (write ws://{} or, for TLS, wss://)",
+                self.display_url(),
+                self.display_url()
+            )));
+        }
         let mut request = self.url.as_str().into_client_request()?;
         for (name, value) in &self.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
