@@ -15,7 +15,7 @@ use tungstenite::Bytes;
 
 use super::Server;
 use super::connection::Conn;
-use super::fanout::{Delivery, FanOut};
+use super::fanout::{Delivery, FanOut, Frames};
 use super::resume::{Claimed, Parked, Parking};
 use super::socket_ids::SocketIds;
 use crate::protocol::Codec;
@@ -426,14 +426,14 @@ impl Dispatcher {
                     continue;
                 };
                 if batch.len() == 1 {
-                    deliveries.push((conn.clone(), vec![frame]));
+                    deliveries.push((conn.clone(), Frames::One(frame)));
                     continue;
                 }
                 match index.entry(*key) {
                     Entry::Occupied(at) => deliveries[*at.get()].1.push(frame),
                     Entry::Vacant(at) => {
                         at.insert(deliveries.len());
-                        deliveries.push((conn.clone(), vec![frame]));
+                        deliveries.push((conn.clone(), Frames::One(frame)));
                     }
                 }
             }

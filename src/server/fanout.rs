@@ -29,8 +29,31 @@ const SPLIT_AT: usize = 256;
 /// At most this many threads (the dispatcher and its helpers) write one event.
 pub(crate) const MAX_SHARES: usize = 4;
 
-/// A subscriber and the frames it is sent (one, or several emitted together).
-pub(crate) type Delivery = (Arc<Conn>, Vec<Bytes>);
+/// A subscriber and the frames it is sent.
+pub(crate) type Delivery = (Arc<Conn>, Frames);
+
+/// One event's frame (no allocation: the common case), or several emitted together.
+pub(crate) enum Frames {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl Frames {
+    /// Add the frame of a later event of the same batch.
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        match self {
+            Frames::One(first) => *self = Frames::Many(vec![first.clone(), frame]),
+            Frames::Many(frames) => frames.push(frame),
+        }
+    }
+
+    fn as_slice(&self) -> &[Bytes] {
+        match self {
+            Frames::One(frame) => std::slice::from_ref(frame),
+            Frames::Many(frames) => frames,
+        }
+    }
+}
 
 /// A share of the subscribers for a helper.
 struct Job {
@@ -144,8 +167,8 @@ impl Drop for Running<'_> {
 
 /// Write events to one subscriber, without waiting; one whose outgoing queue is full
 /// is cut off (1008).
-pub(crate) fn deliver(server: &Server, conn: &Arc<Conn>, frames: &[Bytes]) {
-    if !conn.push(server, frames) {
+pub(crate) fn deliver(server: &Server, conn: &Arc<Conn>, frames: &Frames) {
+    if !conn.push(server, frames.as_slice()) {
         warn_limited!(
             "client {} let its outgoing queue fill up; disconnecting it",
             conn.session.socket_id
