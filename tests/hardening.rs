@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{DEADLINE, Raw, url};
+use common::{DEADLINE, Raw, feed_subscribers, peak_of, url};
 use serde_json::{Value, json};
 use wsrpc::{Server, ServerConfig};
 
@@ -21,17 +21,6 @@ fn within_deadline<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
         let _ = tx.send(f());
     });
     rx.recv_timeout(DEADLINE).ok()
-}
-
-/// `n` raw clients subscribed to `feed`.
-fn feed_subscribers(server: &Server, n: usize) -> Vec<Raw> {
-    (0..n)
-        .map(|_| {
-            let mut raw = Raw::connect(&url(server, "/"));
-            assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
-            raw
-        })
-        .collect()
 }
 
 /// Subscribers that read everything they are sent until told to stop.
@@ -116,23 +105,6 @@ fn blocking_method(server: &Server, name: &str) -> (Arc<AtomicBool>, Arc<AtomicU
         Ok::<_, wsrpc::RpcError>("done")
     });
     (release, started)
-}
-
-/// Sample `stat` of the server's stats every millisecond until `stop`; the highest.
-fn peak_of(
-    server: &Server,
-    stat: fn(&wsrpc::Stats) -> usize,
-    stop: &Arc<AtomicBool>,
-) -> thread::JoinHandle<usize> {
-    let (server, stop) = (server.clone(), stop.clone());
-    thread::spawn(move || {
-        let mut peak = 0;
-        while !stop.load(Ordering::SeqCst) {
-            peak = peak.max(stat(&server.stats()));
-            thread::sleep(Duration::from_millis(1));
-        }
-        peak
-    })
 }
 
 #[test]

@@ -167,16 +167,9 @@ fn assert_serves(server: &Server) {
     );
 }
 
-/// The counters of `server.stats()`, without the gauges of threads running now (an
-/// idle writer thread lingers a few seconds) and the writes handed to them (how many
-/// depends on how fast clients read).
+/// The counters of `server.stats()`, without what depends on timing.
 fn counters(server: &Server) -> Stats {
-    let mut stats = server.stats();
-    stats.writer_threads = 0;
-    stats.handoff_threads = 0;
-    stats.fanout_threads = 0;
-    stats.writes_handed_over = 0;
-    stats
+    common::without_gauges(server.stats())
 }
 
 /// Wait until the server's counters are `Stats::default()` changed by `set`.

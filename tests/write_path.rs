@@ -10,44 +10,16 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use common::{DEADLINE, Raw, url, wait_until};
+use common::{DEADLINE, Raw, feed_subscribers, peak_of, url, wait_until};
 use serde_json::json;
 use tungstenite::Message;
 use wsrpc::{Server, ServerConfig};
-
-/// `n` raw clients subscribed to `feed`.
-fn subscribers(server: &Server, n: usize) -> Vec<Raw> {
-    (0..n)
-        .map(|_| {
-            let mut raw = Raw::connect(&url(server, "/"));
-            assert_eq!(raw.call("rpc.on", json!(["feed"]))["result"]["feed"], "ok");
-            raw
-        })
-        .collect()
-}
-
-/// The highest value `stat` takes until `stop` is set, sampled every millisecond.
-fn peak_of(
-    server: &Server,
-    stat: fn(&wsrpc::Stats) -> usize,
-    stop: &Arc<AtomicBool>,
-) -> thread::JoinHandle<usize> {
-    let (server, stop) = (server.clone(), stop.clone());
-    thread::spawn(move || {
-        let mut peak = 0;
-        while !stop.load(Ordering::SeqCst) {
-            peak = peak.max(stat(&server.stats()));
-            thread::sleep(Duration::from_millis(1));
-        }
-        peak
-    })
-}
 
 #[test]
 fn events_to_subscribers_with_room_start_no_writer_thread() {
     let server = Server::bind("127.0.0.1:0").unwrap();
     server.event("feed");
-    let mut subscribers = subscribers(&server, 200);
+    let mut subscribers = feed_subscribers(&server, 200);
     let stop = Arc::new(AtomicBool::new(false));
     let peak = peak_of(&server, |s| s.writer_threads, &stop);
     // Nobody reads until every event is out: 20 small frames fit any socket buffer.
@@ -88,7 +60,7 @@ fn a_stalled_subscriber_is_cut_off_by_the_queue_bound_and_the_others_keep_receiv
         "ok"
     );
     let (got_tx, got_rx) = mpsc::channel();
-    for (n, mut raw) in subscribers(&server, READERS).into_iter().enumerate() {
+    for (n, mut raw) in feed_subscribers(&server, READERS).into_iter().enumerate() {
         let got = got_tx.clone();
         thread::spawn(move || {
             for i in 0..EVENTS {
@@ -193,7 +165,7 @@ fn a_clients_reply_does_not_wait_for_a_writer_busy_with_another_client() {
 fn an_event_to_many_subscribers_is_written_by_a_few_threads_and_arrives_in_order() {
     let server = Server::bind("127.0.0.1:0").unwrap();
     server.event("feed");
-    let mut subscribers = subscribers(&server, 600);
+    let mut subscribers = feed_subscribers(&server, 600);
     for i in 0..30 {
         server.emit("feed", [i]).unwrap();
     }

@@ -112,7 +112,7 @@ pub fn run(
         stop: AtomicBool::new(false),
         ready: Barrier::new(load.subscribers + 1),
     });
-    let subscribers = clients(load.subscribers, {
+    let subscribers = wire::clients(load.subscribers, {
         let (url, shared) = (url.to_owned(), shared.clone());
         move || {
             let ws = wire::connect(&url).and_then(|ws| fanout::subscribe(ws, codec, style));
@@ -196,26 +196,6 @@ pub fn run(
         cut_off: tally.cut_off,
         behind_ms: schedule.max_behind.as_secs_f64() * 1000.0,
     })
-}
-
-/// A subscriber thread: its receipts, or why it failed.
-type Subscriber = thread::JoinHandle<Result<Listened, String>>;
-
-/// Start `n` subscriber threads, each running `client`.
-fn clients(
-    n: usize,
-    client: impl Fn() -> Result<Listened, String> + Send + Sync + 'static,
-) -> Result<Vec<Subscriber>, String> {
-    let client = Arc::new(client);
-    (0..n)
-        .map(|_| {
-            let client = client.clone();
-            thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || client())
-                .map_err(|e| format!("cannot start a subscriber thread: {e}"))
-        })
-        .collect()
 }
 
 /// One subscriber: a receipt for every event, until told to stop.

@@ -148,10 +148,10 @@ pub fn percentiles(samples: &mut [u32]) -> [f64; 3] {
 pub type Samples = Result<Vec<u32>, String>;
 
 /// Start `n` client threads, each running `client`.
-pub fn clients(
+pub fn clients<T: Send + 'static>(
     n: usize,
-    client: impl Fn() -> Samples + Send + Sync + 'static,
-) -> Result<Vec<thread::JoinHandle<Samples>>, String> {
+    client: impl Fn() -> T + Send + Sync + 'static,
+) -> Result<Vec<thread::JoinHandle<T>>, String> {
     let client = std::sync::Arc::new(client);
     (0..n)
         .map(|_| {

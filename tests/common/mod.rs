@@ -43,6 +43,46 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
     condition()
 }
 
+/// `n` raw clients subscribed to `feed`.
+pub fn feed_subscribers(server: &Server, n: usize) -> Vec<Raw> {
+    (0..n)
+        .map(|_| {
+            let mut raw = Raw::connect(&url(server, "/"));
+            let reply = raw.call("rpc.on", serde_json::json!(["feed"]));
+            assert_eq!(reply["result"]["feed"], "ok");
+            raw
+        })
+        .collect()
+}
+
+/// Sample `stat` of the server's stats every millisecond until `stop`; the highest.
+pub fn peak_of(
+    server: &Server,
+    stat: fn(&wsrpc::Stats) -> usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let (server, stop) = (server.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            peak = peak.max(stat(&server.stats()));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        peak
+    })
+}
+
+/// The server's counters without what depends on timing: the threads running now
+/// (an idle writer lingers a few seconds) and the writes handed to writer threads
+/// (how many depends on how fast clients read).
+pub fn without_gauges(mut stats: wsrpc::Stats) -> wsrpc::Stats {
+    stats.writer_threads = 0;
+    stats.handoff_threads = 0;
+    stats.fanout_threads = 0;
+    stats.writes_handed_over = 0;
+    stats
+}
+
 /// A bare WebSocket client that sends and reads frames as they are.
 pub struct Raw {
     pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
